@@ -1,0 +1,172 @@
+"""The one typed configuration object of mmrag.
+
+Every stage receives the part of :class:`MmragConfig` it needs; nothing reads globals.
+Values come, lowest precedence first, from the defaults below, a YAML/TOML file
+(``--config``), ``MMRAG_*`` environment variables (``MMRAG_FETCH__TIMEOUT_S=5``) and CLI flags.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field in one line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class FetchConfig(_Section):
+    """HTTP behaviour of every network request mmrag makes."""
+
+    user_agent: str = "mmrag/0.1 (multimodal RAG indexer; batch, honours robots.txt)"
+    connect_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(20.0, gt=0)
+    max_redirects: int = Field(5, ge=0, le=30)
+    max_retries: int = Field(3, ge=0, le=10, description="retries after the first attempt, on timeouts, 5xx and 429 only")
+    backoff_base_s: float = Field(0.5, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
+    max_page_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    max_image_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    concurrency: int = Field(8, ge=1, le=256, description="requests in flight over all hosts")
+    per_host_concurrency: int = Field(2, ge=1, le=64)
+    per_host_delay_s: float = Field(0.0, ge=0, description="minimum gap between two request starts to one host")
+    respect_robots: bool = True
+    page_content_types: list[str] = ["text/html", "application/xhtml+xml"]
+
+
+class ChunkingConfig(_Section):
+    """How parsed article text becomes chunks."""
+
+    strategy: Literal["paragraph", "window", "tokens"] = "paragraph"
+    min_chars: int = Field(30, ge=0, description="paragraph strategy: shorter blocks are dropped (the original design used 30)")
+    window_chars: int = Field(256, ge=16, description="window strategy: characters per window")
+    window_overlap: float = Field(0.25, ge=0, lt=1, description="window strategy: fraction shared by consecutive windows")
+    max_tokens: int | None = Field(None, ge=8, description="tokens strategy budget; default: the embedder's max input length")
+    oversize: Literal["split", "truncate"] = Field(
+        "split",
+        description="a chunk over the embedder's max input: split it by sentence packing, or keep it and record the truncation",
+    )
+
+    def key(self) -> str:
+        """Short name of this chunking setting, used in table names (``paragraph``, ``window-256-25``, ``tokens-128``)."""
+        if self.strategy == "paragraph":
+            return "paragraph"
+        if self.strategy == "window":
+            return f"window-{self.window_chars}-{round(self.window_overlap * 100)}"
+        return f"tokens-{self.max_tokens}" if self.max_tokens else "tokens"
+
+
+class ImageConfig(_Section):
+    """Image download, verification and thumbnails."""
+
+    fetch: bool = Field(True, description="download images; off: rows keep caption and status 'not_fetched'")
+    max_pixels: int = Field(50_000_000, gt=0, description="decoded pixels above this are a decompression bomb")
+    thumbnail_px: int = Field(256, ge=16, le=2048)
+    rasterise_svg: bool = True
+
+
+class EmbedConfig(_Section):
+    """Which embedder, and how it runs."""
+
+    name: str = "minilm"
+    batch_size: int = Field(64, ge=1, le=4096)
+    device: str = "auto"
+    model_path: str | None = Field(None, description="local checkpoint directory; default: the embedder's own")
+
+
+class StoreConfig(_Section):
+    """Where indexed data lives."""
+
+    db_uri: str = ".mmrag/lancedb"
+    raw_dir: str = Field(".mmrag/raw", description="content-addressed raw responses, so a re-parse never re-fetches")
+
+
+class MmragConfig(BaseSettings):
+    """All settings of one mmrag invocation."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MMRAG_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    fetch: FetchConfig = FetchConfig()
+    chunking: ChunkingConfig = ChunkingConfig()
+    images: ImageConfig = ImageConfig()
+    embed: EmbedConfig = EmbedConfig()
+    store: StoreConfig = StoreConfig()
+    page_batch: int = Field(64, ge=1, le=100_000, description="pages fetched, embedded and committed together")
+    strict: bool = Field(False, description="exit non-zero when any item failed, not only when nothing was indexed")
+    progress: bool | None = Field(None, description="progress bars; default: only on a terminal and not under CI")
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config file {path}: use a .yaml, .yml or .toml file")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.').upper()}: {exc}".splitlines()[0]) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping")
+    return data
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def describe_validation_error(exc: ValidationError, source: str = "config") -> str:
+    """One line naming the first invalid field, its value and what was expected."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"invalid {source}: {field}: {err['msg']}{shown}{extra}"
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> MmragConfig:
+    """Build the config from an optional YAML/TOML file, ``MMRAG_*`` env vars and dotted CLI overrides.
+
+    ``overrides`` maps dotted field names (``"store.db_uri"``) to values; ``None`` values are ignored.
+    Raises :class:`ConfigError` with a one-line message naming the field on any invalid value.
+    """
+    file_data = _read_config_file(Path(path)) if path else {}
+    cli_data: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(cli_data, dotted, value)
+    source = f"config ({path})" if path else "config"
+    try:
+        # BaseSettings deep-merges MMRAG_* env vars under these explicit values.
+        return MmragConfig(**_deep_merge(file_data, cli_data))
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, source)) from exc

@@ -1,0 +1,48 @@
+"""Session-wide test setup: an isolated Prefect home and ephemeral API, and the shared corpora path."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_CORPORA = REPO_ROOT.parent / "shared" / "corpora"
+
+# Before Prefect is imported anywhere: its settings are read at import time.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="mmrag-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "90"
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.pop("PREFECT_API_URL", None)
+
+
+def shared_corpus(*parts: str) -> Path:
+    """Path under ../shared/corpora, skipping the test with a reason when it is absent."""
+    path = SHARED_CORPORA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared corpus not available: {path} (CI provides ../shared beside the clone)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test harness (temporary database, ephemeral API) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The real offline MiniLM embedder, loaded once."""
+    from mmrag.config import EmbedConfig
+    from pipelines.embed import create_embedder
+
+    return create_embedder(EmbedConfig(name="minilm"))
