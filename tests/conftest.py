@@ -1,15 +1,10 @@
-"""Session-wide test setup: an isolated Prefect home and ephemeral API, and the shared corpora path."""
+"""Session-wide test setup: an isolated Prefect home and ephemeral API, shared model fixtures."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path
-
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_CORPORA = REPO_ROOT.parent / "shared" / "corpora"
 
 # Before Prefect is imported anywhere: its settings are read at import time.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="mmrag-prefect-")
@@ -20,14 +15,6 @@ os.environ["DO_NOT_TRACK"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.pop("PREFECT_API_URL", None)
-
-
-def shared_corpus(*parts: str) -> Path:
-    """Path under ../shared/corpora, skipping the test with a reason when it is absent."""
-    path = SHARED_CORPORA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared corpus not available: {path} (CI provides ../shared beside the clone)")
-    return path
 
 
 @pytest.fixture(scope="session")

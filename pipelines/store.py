@@ -1,0 +1,347 @@
+"""LanceDB storage: table schemas, upserts keyed by stable ids, version tags, Parquet export.
+
+Tables (one database at a URI):
+
+- ``documents``: one row per page URL: fetch status, HTTP code, error, ETag/Last-Modified, content hash.
+- ``chunks__<embedder>__<chunking>``: text chunks with their vectors (one table per embedder and
+  chunking setting, since vector sizes and chunk boundaries differ).
+- ``images__<embedder>``: one row per place an image appears, with caption, status and vector.
+- ``image_blobs``: image bytes and thumbnails, once per distinct content (sha256).
+- ``runs``: one row per index run: config, summary and the table versions it produced.
+
+Writes are ``merge_insert`` upserts keyed by ``id`` (``sha256`` for blobs), so reruns are idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lancedb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DOCUMENTS = "documents"
+IMAGE_BLOBS = "image_blobs"
+RUNS = "runs"
+IN_LIST_BATCH = 500
+
+
+def chunks_table_name(embedder: str, chunking_key: str) -> str:
+    """Name of the chunk table for one embedder and chunking setting."""
+    return f"chunks__{embedder}__{chunking_key}"
+
+
+def images_table_name(embedder: str) -> str:
+    """Name of the image table for one embedder."""
+    return f"images__{embedder}"
+
+
+def sql_quote(value: str) -> str:
+    """A SQL string literal for LanceDB filters (single quotes doubled)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_in(column: str, values: Iterable[str]) -> str:
+    """``column IN ('a', 'b')`` with quoted values."""
+    return f"{column} IN ({', '.join(sql_quote(v) for v in values)})"
+
+
+def documents_schema() -> pa.Schema:
+    """Schema of the ``documents`` table."""
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("url", pa.string(), nullable=False),
+            pa.field("origin", pa.string()),
+            pa.field("final_url", pa.string()),
+            pa.field("canonical_url", pa.string()),
+            pa.field("title", pa.string()),
+            pa.field("status", pa.string(), nullable=False),
+            pa.field("http_status", pa.int32()),
+            pa.field("error", pa.string()),
+            pa.field("content_type", pa.string()),
+            pa.field("content_hash", pa.string()),
+            pa.field("etag", pa.string()),
+            pa.field("last_modified", pa.string()),
+            pa.field("fetched_at", pa.timestamp("us", tz="UTC")),
+            pa.field("indexed_at", pa.timestamp("us", tz="UTC")),
+            pa.field("n_chunks", pa.int32()),
+            pa.field("n_images", pa.int32()),
+            pa.field("parse_warnings", pa.list_(pa.string())),
+            pa.field("run_id", pa.string()),
+        ]
+    )
+
+
+def chunks_schema(dimension: int) -> pa.Schema:
+    """Schema of a ``chunks__*`` table with ``dimension``-wide vectors."""
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("doc_url", pa.string(), nullable=False),
+            pa.field("article_title", pa.string()),
+            pa.field("section_path", pa.list_(pa.string())),
+            pa.field("section", pa.string()),
+            pa.field("position", pa.int32()),
+            pa.field("char_start", pa.int32()),
+            pa.field("char_end", pa.int32()),
+            pa.field("token_count", pa.int32()),
+            pa.field("truncated", pa.bool_()),
+            pa.field("text", pa.string()),
+            pa.field("content_hash", pa.string()),
+            pa.field("strategy", pa.string()),
+            pa.field("embedder", pa.string()),
+            pa.field("vector", pa.list_(pa.float32(), dimension)),
+            pa.field("run_id", pa.string()),
+        ]
+    )
+
+
+def images_schema(dimension: int) -> pa.Schema:
+    """Schema of an ``images__*`` table with ``dimension``-wide vectors."""
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("doc_url", pa.string(), nullable=False),
+            pa.field("article_title", pa.string()),
+            pa.field("src_url", pa.string()),
+            pa.field("image_sha256", pa.string()),
+            pa.field("position", pa.int32()),
+            pa.field("section_path", pa.list_(pa.string())),
+            pa.field("section", pa.string()),
+            pa.field("caption", pa.string()),
+            pa.field("caption_source", pa.string()),
+            pa.field("caption_missing", pa.bool_()),
+            pa.field("alt", pa.string()),
+            pa.field("title", pa.string()),
+            pa.field("in_figure", pa.bool_()),
+            pa.field("status", pa.string()),
+            pa.field("http_status", pa.int32()),
+            pa.field("error", pa.string()),
+            pa.field("format", pa.string()),
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("is_raster", pa.bool_()),
+            pa.field("surrogate_text", pa.string()),
+            pa.field("surrogate_hash", pa.string()),
+            pa.field("vector_source", pa.string()),
+            pa.field("embedder", pa.string()),
+            pa.field("vector", pa.list_(pa.float32(), dimension)),
+            pa.field("run_id", pa.string()),
+        ]
+    )
+
+
+def image_blobs_schema() -> pa.Schema:
+    """Schema of the ``image_blobs`` table (bytes stored once per sha256)."""
+    return pa.schema(
+        [
+            pa.field("sha256", pa.string(), nullable=False),
+            pa.field("format", pa.string()),
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("frames", pa.int32()),
+            pa.field("is_raster", pa.bool_()),
+            pa.field("byte_size", pa.int64()),
+            pa.field("data", pa.large_binary()),
+            pa.field("thumbnail_png", pa.binary()),
+            pa.field("raster_png", pa.large_binary()),
+        ]
+    )
+
+
+def runs_schema() -> pa.Schema:
+    """Schema of the ``runs`` table."""
+    return pa.schema(
+        [
+            pa.field("run_id", pa.string(), nullable=False),
+            pa.field("kind", pa.string()),
+            pa.field("started_at", pa.timestamp("us", tz="UTC")),
+            pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+            pa.field("sources", pa.list_(pa.string())),
+            pa.field("config_json", pa.string()),
+            pa.field("summary_json", pa.string()),
+            pa.field("table_versions_json", pa.string()),
+        ]
+    )
+
+
+class IndexStore:
+    """The LanceDB database at ``db_uri`` and the operations the pipeline needs on it."""
+
+    def __init__(self, db_uri: str):
+        if "://" not in db_uri:
+            Path(db_uri).mkdir(parents=True, exist_ok=True)
+        self.db_uri = db_uri
+        self.db = lancedb.connect(db_uri)
+
+    # -- tables -----------------------------------------------------------------------------
+
+    def table_names(self) -> list[str]:
+        """Names of all tables, sorted (following pagination for remote databases)."""
+        names: list[str] = []
+        page_token = None
+        while True:
+            response = self.db.list_tables(page_token=page_token)
+            names.extend(response.tables)
+            page_token = response.page_token
+            if not page_token:
+                return sorted(names)
+
+    def has_table(self, name: str) -> bool:
+        """Whether table ``name`` exists."""
+        return name in self.table_names()
+
+    def open_table(self, name: str):
+        """The LanceDB table ``name`` (raises ``ValueError`` naming the known tables when missing)."""
+        if not self.has_table(name):
+            raise ValueError(f"no table {name!r} in {self.db_uri}; tables: {', '.join(self.table_names()) or '(none)'}")
+        return self.db.open_table(name)
+
+    def ensure_table(self, name: str, schema: pa.Schema):
+        """Open table ``name``, creating it empty with ``schema`` when absent."""
+        return self.db.create_table(name, schema=schema, exist_ok=True)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def read_where(self, name: str, columns: Sequence[str], column: str, values: Iterable[str]) -> pa.Table:
+        """Rows of ``name`` whose ``column`` is one of ``values`` (only ``columns``); empty if no table."""
+        values = list(dict.fromkeys(values))
+        if not values or not self.has_table(name):
+            return pa.table({c: pa.array([], pa.string()) for c in columns})
+        dataset = self.db.open_table(name).to_lance()
+        parts = [
+            dataset.to_table(columns=list(columns), filter=sql_in(column, values[i : i + IN_LIST_BATCH]))
+            for i in range(0, len(values), IN_LIST_BATCH)
+        ]
+        return pa.concat_tables(parts)
+
+    def document_states(self, urls: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Stored ``documents`` rows for ``urls``, keyed by url."""
+        columns = ["url", "status", "content_hash", "etag", "last_modified", "n_chunks", "n_images"]
+        rows = self.read_where(DOCUMENTS, columns, "url", urls).to_pylist()
+        return {row["url"]: row for row in rows}
+
+    def ids_by_doc(self, name: str, doc_urls: Iterable[str], extra: Sequence[str] = ()) -> dict[str, dict[str, dict]]:
+        """For table ``name``: ``{doc_url: {id: row}}`` with ``extra`` columns, for the given documents."""
+        table = self.read_where(name, ["id", "doc_url", *extra], "doc_url", doc_urls)
+        out: dict[str, dict[str, dict]] = {}
+        for row in table.to_pylist():
+            out.setdefault(row["doc_url"], {})[row["id"]] = row
+        return out
+
+    def existing_keys(self, name: str, key: str, values: Iterable[str]) -> set[str]:
+        """Which of ``values`` are present in column ``key`` of table ``name``."""
+        return set(self.read_where(name, [key], key, values).column(key).to_pylist())
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def upsert(self, name: str, rows: pa.Table, *, key: str = "id", update: bool = True) -> int:
+        """Insert ``rows`` into ``name`` (created if needed), replacing rows with the same ``key`` when ``update``.
+
+        Returns the number of rows given.
+        """
+        if rows.num_rows == 0:
+            return 0
+        table = self.ensure_table(name, rows.schema)
+        merge = table.merge_insert(key)
+        if update:
+            merge = merge.when_matched_update_all()
+        merge.when_not_matched_insert_all().execute(rows)
+        return rows.num_rows
+
+    def delete_where_in(self, name: str, column: str, values: Iterable[str]) -> int:
+        """Delete rows of ``name`` whose ``column`` is one of ``values``; returns how many were asked for."""
+        values = list(dict.fromkeys(values))
+        if not values or not self.has_table(name):
+            return 0
+        table = self.db.open_table(name)
+        for i in range(0, len(values), IN_LIST_BATCH):
+            table.delete(sql_in(column, values[i : i + IN_LIST_BATCH]))
+        return len(values)
+
+    # -- versions, runs, export -------------------------------------------------------------
+
+    def current_versions(self, names: Iterable[str] | None = None) -> dict[str, int]:
+        """Latest version of each table (all tables by default)."""
+        names = self.table_names() if names is None else [n for n in names if self.has_table(n)]
+        return {name: int(self.db.open_table(name).version) for name in names}
+
+    def tag_versions(self, tag: str, names: Iterable[str]) -> dict[str, int]:
+        """Tag the current version of each table in ``names`` with ``tag``; returns the tagged versions."""
+        tagged = {}
+        for name, version in self.current_versions(names).items():
+            table = self.db.open_table(name)
+            if tag not in table.tags.list():
+                table.tags.create(tag, version)
+            tagged[name] = version
+        return tagged
+
+    def record_run(self, row: dict[str, Any]) -> None:
+        """Append a row to ``runs`` (``config``/``summary``/``table_versions`` dicts serialised as JSON)."""
+        record = {
+            "run_id": row["run_id"],
+            "kind": row.get("kind", "index"),
+            "started_at": row["started_at"],
+            "finished_at": row["finished_at"],
+            "sources": list(row.get("sources", [])),
+            "config_json": json.dumps(row.get("config", {}), default=str, sort_keys=True),
+            "summary_json": json.dumps(row.get("summary", {}), default=str, sort_keys=True),
+            "table_versions_json": json.dumps(row.get("table_versions", {}), sort_keys=True),
+        }
+        self.upsert(RUNS, pa.Table.from_pylist([record], schema=runs_schema()), key="run_id")
+
+    def last_run(self) -> dict[str, Any] | None:
+        """The most recent row of ``runs`` with its JSON columns decoded, or None."""
+        if not self.has_table(RUNS):
+            return None
+        rows = self.db.open_table(RUNS).to_arrow().to_pylist()
+        if not rows:
+            return None
+        row = max(rows, key=lambda r: r["finished_at"])
+        for column in ("config_json", "summary_json", "table_versions_json"):
+            row[column.removesuffix("_json")] = json.loads(row.pop(column) or "{}")
+        return row
+
+    def table_stats(self) -> list[dict[str, Any]]:
+        """Per table: rows, current version, number of versions, tags, embedders present."""
+        stats = []
+        for name in self.table_names():
+            table = self.db.open_table(name)
+            schema_names = table.schema.names
+            embedders: list[str] = []
+            if "embedder" in schema_names:
+                column = table.to_lance().to_table(columns=["embedder"]).column("embedder")
+                embedders = sorted({e for e in column.to_pylist() if e})
+            stats.append(
+                {
+                    "table": name,
+                    "rows": table.count_rows(),
+                    "version": int(table.version),
+                    "versions": len(table.list_versions()),
+                    "tags": sorted(table.tags.list()),
+                    "embedders": embedders,
+                }
+            )
+        return stats
+
+    def export_parquet(self, out_dir: str | Path, names: Sequence[str] | None = None, version: int | str | None = None) -> dict[str, Path]:
+        """Write each table (or the given ones) to ``out_dir/<table>.parquet``.
+
+        ``version`` is a version number or a tag; it is applied to every exported table.
+        Image bytes are exported too (``image_blobs``); returns table -> file written.
+        """
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written = {}
+        for name in names or self.table_names():
+            table = self.open_table(name)
+            if version is not None:
+                table.checkout(int(version) if str(version).isdigit() else version)
+            path = out / f"{name}.parquet"
+            pq.write_table(table.to_arrow(), path)
+            written[name] = path
+        return written

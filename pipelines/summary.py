@@ -1,0 +1,124 @@
+"""The summary of an index run: counters, per-stage times and per-item failures (pure)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+
+@dataclass
+class IndexSummary:
+    """Everything an index run reports at the end (printed, returned as JSON, stored in ``runs``)."""
+
+    run_id: str = ""
+    sources: list[str] = field(default_factory=list)
+    pages_total: int = 0
+    pages_ok: int = 0
+    pages_failed: int = 0
+    pages_not_modified: int = 0
+    chunks_total: int = 0
+    chunks_embedded: int = 0
+    chunks_unchanged: int = 0
+    chunks_deleted: int = 0
+    chunks_truncated: int = 0
+    images_total: int = 0
+    images_ok: int = 0
+    images_failed: int = 0
+    images_embedded: int = 0
+    images_unchanged: int = 0
+    images_deleted: int = 0
+    image_blobs_new: int = 0
+    page_status: dict[str, int] = field(default_factory=dict)
+    image_status: dict[str, int] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    tables: dict[str, int] = field(default_factory=dict)
+    embedder: str = ""
+    chunking: str = ""
+    db_uri: str = ""
+    elapsed_s: float = 0.0
+
+    def count_page(self, status: str) -> None:
+        """Add one page outcome to the per-status tally."""
+        self.page_status = dict(Counter(self.page_status) + Counter({status: 1}))
+
+    def count_image(self, status: str) -> None:
+        """Add one image outcome to the per-status tally."""
+        self.image_status = dict(Counter(self.image_status) + Counter({status: 1}))
+
+    def add_failure(self, kind: str, url: str, status: str, error: str | None) -> None:
+        """Record one failed item (page, image or source) with its status and message."""
+        self.failures.append({"kind": kind, "url": url, "status": status, "error": error or ""})
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Add the wall time of the ``with`` body to ``stage_seconds[stage]``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds[stage] = round(self.stage_seconds.get(stage, 0.0) + time.perf_counter() - start, 3)
+
+    @property
+    def all_unchanged(self) -> bool:
+        """True when the run embedded nothing and deleted nothing."""
+        return not (self.chunks_embedded or self.images_embedded or self.chunks_deleted or self.images_deleted)
+
+    def exit_code(self, *, strict: bool) -> int:
+        """0 on success; 1 when nothing could be indexed, or (``strict``) when any item failed."""
+        if self.pages_ok == 0:
+            return 1
+        if strict and (self.pages_failed or self.images_failed or self.failures):
+            return 1
+        return 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-serialisable)."""
+        return asdict(self)
+
+    def _rows(self) -> list[tuple[str, str]]:
+        return [
+            ("pages", f"{self.pages_ok} ok, {self.pages_failed} failed of {self.pages_total}"
+             + (f" ({self.pages_not_modified} not modified)" if self.pages_not_modified else "")),
+            ("chunks", f"{self.chunks_total} total: {self.chunks_embedded} embedded, {self.chunks_unchanged} unchanged, "
+             f"{self.chunks_deleted} deleted" + (f", {self.chunks_truncated} truncated" if self.chunks_truncated else "")),
+            ("images", f"{self.images_ok} ok, {self.images_failed} failed of {self.images_total}: "
+             f"{self.images_embedded} embedded, {self.images_unchanged} unchanged, {self.images_deleted} deleted, "
+             f"{self.image_blobs_new} new blobs"),
+            ("page status", _fmt_counts(self.page_status)),
+            ("image status", _fmt_counts(self.image_status)),
+            ("time per stage", ", ".join(f"{k} {v:.2f}s" for k, v in self.stage_seconds.items()) + f"; total {self.elapsed_s:.1f}s"),
+        ]
+
+    def to_text(self, max_failures: int = 20) -> str:
+        """Human-readable multi-line summary."""
+        head = "unchanged: nothing to embed" if self.all_unchanged and self.pages_ok else ""
+        lines = [f"index run {self.run_id} -> {self.db_uri} (embedder {self.embedder}, chunking {self.chunking})"]
+        lines += [f"  {name:<15}{value}" for name, value in self._rows()]
+        if head:
+            lines.append(f"  {head}")
+        if self.failures:
+            lines.append(f"  failures ({len(self.failures)}):")
+            for failure in self.failures[:max_failures]:
+                lines.append(f"    {failure['kind']:<6} {failure['status']:<18} {failure['url']}  {failure['error']}")
+            if len(self.failures) > max_failures:
+                lines.append(f"    … {len(self.failures) - max_failures} more (see --json)")
+        return "\n".join(lines)
+
+    def to_markdown(self, max_failures: int = 50) -> str:
+        """Markdown summary (the Prefect artifact)."""
+        lines = [f"# Index run `{self.run_id}`", "", f"Database `{self.db_uri}`, embedder `{self.embedder}`, chunking `{self.chunking}`.", "",
+                 "| what | result |", "|---|---|"]
+        lines += [f"| {name} | {value} |" for name, value in self._rows()]
+        if self.failures:
+            lines += ["", "## Failures", "", "| kind | status | url | error |", "|---|---|---|---|"]
+            for f in self.failures[:max_failures]:
+                lines.append(f"| {f['kind']} | {f['status']} | {f['url']} | {f['error'].replace('|', '/')} |")
+        return "\n".join(lines)
+
+
+def _fmt_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) or "-"
