@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import mimetypes
 import random
+import socket
 import threading
 import time
 import urllib.robotparser
@@ -246,6 +247,7 @@ class Fetcher:
             max_redirects=cfg.max_redirects,
             transport=transport,
         )
+        self._unreachable_hosts: dict[str, str] = {}  # host -> first error, for this fetcher's lifetime
         self._robots: dict[str, urllib.robotparser.RobotFileParser | None] = {}
         self._robots_locks: dict[str, threading.Lock] = {}
         self._robots_locks_guard = threading.Lock()
@@ -400,6 +402,9 @@ class Fetcher:
     def _request(self, url: str, kind: Kind, headers: dict[str, str]) -> _Outcome:
         """One GET without following redirects, holding a host slot for its whole duration."""
         host = _host(url)
+        if host in self._unreachable_hosts:
+            # One dead host must not cost a full retry cycle for each of its hundreds of images.
+            return _Outcome("unreachable", url, error=f"{self._unreachable_hosts[host]} (host already failed in this run)")
         with self._limiter.slot(host):
             try:
                 with self._client.stream("GET", url, headers=headers) as response:
@@ -411,7 +416,11 @@ class Fetcher:
                 return _Outcome("timeout", url, retryable=True,
                                 error=f"{type(exc).__name__}: {host} sent nothing for {self.cfg.read_timeout_s} s")
             except httpx.ConnectError as exc:
-                return _Outcome("unreachable", url, retryable=True, error=f"cannot connect to {host}: {exc}")
+                error = f"cannot connect to {host}: {exc}"
+                if _is_unknown_name(exc):  # the name does not exist: retrying cannot help
+                    self._unreachable_hosts.setdefault(host, error)
+                    return _Outcome("unreachable", url, error=error)
+                return _Outcome("unreachable", url, retryable=True, error=error)
             except httpx.UnsupportedProtocol as exc:
                 return _Outcome("invalid_url", url, error=f"unsupported URL {url!r}: {exc}")
             except httpx.DecodingError as exc:
@@ -497,6 +506,16 @@ class Fetcher:
         parser = urllib.robotparser.RobotFileParser(robots_url)
         parser.parse(bytes(received[:ROBOTS_MAX_BYTES]).decode("utf-8", errors="replace").splitlines())
         return parser
+
+
+def _is_unknown_name(exc: BaseException) -> bool:
+    """True when a connect error comes from DNS saying the host name does not exist (not a transient failure)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror) and seen.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "Name or service not known" in str(exc) or "nodename nor servname" in str(exc)
 
 
 def _now() -> datetime:

@@ -356,3 +356,13 @@ def test_pure_helpers():
     assert content_type_problem("feed", "text/xml; charset=utf-8", []) is None
     assert content_type_problem("feed", "application/json", []) is not None
     assert content_type_problem("page", "TEXT/HTML; charset=x", ["text/html"]) is None
+
+
+def test_unknown_host_name_is_not_retried_and_short_circuits_later_requests():
+    sleeps: list[float] = []
+    fetcher = Fetcher(FetchConfig(max_retries=3, respect_robots=True), sleep=sleeps.append)
+    with fetcher:
+        first = fetcher.fetch("http://images.does-not-exist.invalid/a.png", kind="image")
+        second = fetcher.fetch("http://images.does-not-exist.invalid/b.png", kind="image")
+    assert first.status == "unreachable" and first.attempts == 1 and sleeps == []
+    assert second.status == "unreachable" and "already failed in this run" in second.error
