@@ -142,7 +142,7 @@ class SentenceTransformerEmbedder:
     def count_tokens(self, text: str) -> int:
         """Word pieces of ``text`` with [CLS]/[SEP], as the model sees it before truncation."""
         with self._tokenizer_lock:
-            return len(self._model.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+            return len(self._model.tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)["input_ids"])
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Normalised float32 vectors, one per text."""
@@ -199,3 +199,17 @@ def image_text_surrogate(caption: str, alt: str, section_path: Sequence[str], ex
     if extra.strip():
         parts.append(" ".join(extra.split()))
     return ". ".join(parts)
+
+
+def _register_builtin_multimodal() -> None:
+    """Register ``clip`` and ``blip2``; their modules import torch/transformers only when an embedder is built."""
+    import importlib
+
+    for module in ("pipelines.clip_embedder", "pipelines.blip2_embedder"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+
+
+_register_builtin_multimodal()

@@ -221,7 +221,8 @@ class IndexStore:
 
     def document_states(self, urls: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Stored ``documents`` rows for ``urls``, keyed by url."""
-        columns = ["url", "status", "content_hash", "etag", "last_modified", "n_chunks", "n_images"]
+        columns = ["url", "status", "title", "canonical_url", "content_hash", "etag", "last_modified",
+                   "indexed_at", "n_chunks", "n_images"]
         rows = self.read_where(DOCUMENTS, columns, "url", urls).to_pylist()
         return {row["url"]: row for row in rows}
 

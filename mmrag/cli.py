@@ -1,0 +1,191 @@
+"""The ``mmrag`` command line: one entry point dispatching to the flows and stores.
+
+Every subcommand takes ``--db URI``, ``--config FILE`` (YAML or TOML) and ``--json``; flags override
+the config file, which overrides ``MMRAG_*`` environment variables and the defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from mmrag.config import ConfigError, MmragConfig, load_config
+
+app = typer.Typer(
+    name="mmrag",
+    help="Multimodal RAG over articles: index, search, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DbOption = Annotated[Optional[str], typer.Option("--db", help="LanceDB URI (a local directory or s3://…); default from config")]
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="YAML or TOML config file")]
+JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable JSON on stdout")]
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print ``mmrag: error: message`` on stderr and exit with ``code`` (no traceback)."""
+    typer.echo(f"mmrag: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def build_config(config_file: Path | None, overrides: dict[str, Any]) -> MmragConfig:
+    """Load and validate the config; an invalid value exits with a one-line message naming the field."""
+    try:
+        return load_config(config_file, overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+        raise  # unreachable: fail() exits
+
+
+def emit_json(data: Any) -> None:
+    """Write ``data`` as JSON on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str, sort_keys=True) + "\n")
+
+
+def prepare_prefect_environment() -> None:
+    """Defaults that make Prefect's ephemeral server dependable on small machines, and keep it offline."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    # Prefect does not create missing parents of PREFECT_HOME, then its SQLite database fails to open.
+    if os.environ.get("PREFECT_HOME"):
+        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+
+
+@app.command()
+def index(
+    sources: Annotated[list[str], typer.Argument(help="page URLs, sitemap.xml, RSS/Atom feeds, URL list files, .html files or folders")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+    json_output: JsonOption = False,
+    embedder: Annotated[Optional[str], typer.Option("--embedder", help="embedder name (see `mmrag status`)")] = None,
+    model_path: Annotated[Optional[str], typer.Option("--model-path", help="local checkpoint directory for the embedder")] = None,
+    chunking: Annotated[Optional[str], typer.Option("--chunking", help="paragraph | window | tokens")] = None,
+    window_chars: Annotated[Optional[int], typer.Option(help="window chunking: characters per window")] = None,
+    window_overlap: Annotated[Optional[float], typer.Option(help="window chunking: overlap fraction")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="tokens chunking: token budget per chunk")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="embedding batch size")] = None,
+    page_batch: Annotated[Optional[int], typer.Option(help="pages committed together")] = None,
+    concurrency: Annotated[Optional[int], typer.Option(help="requests in flight over all hosts")] = None,
+    per_host_concurrency: Annotated[Optional[int], typer.Option(help="requests in flight per host")] = None,
+    per_host_delay: Annotated[Optional[float], typer.Option(help="seconds between request starts to one host")] = None,
+    robots: Annotated[Optional[bool], typer.Option("--robots/--no-robots", help="honour robots.txt")] = None,
+    images: Annotated[Optional[bool], typer.Option("--images/--no-images", help="download and verify images")] = None,
+    strict: Annotated[Optional[bool], typer.Option("--strict", help="exit 1 when any item failed")] = None,
+    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="progress bars (default: on a terminal)")] = None,
+) -> None:
+    """Fetch, parse, chunk, embed and store SOURCES; prints a summary (exit 1 when nothing could be indexed)."""
+    cfg = build_config(
+        config,
+        {
+            "store.db_uri": db,
+            "embed.name": embedder,
+            "embed.model_path": model_path,
+            "embed.batch_size": batch_size,
+            "chunking.strategy": chunking,
+            "chunking.window_chars": window_chars,
+            "chunking.window_overlap": window_overlap,
+            "chunking.max_tokens": max_tokens,
+            "page_batch": page_batch,
+            "fetch.concurrency": concurrency,
+            "fetch.per_host_concurrency": per_host_concurrency,
+            "fetch.per_host_delay_s": per_host_delay,
+            "fetch.respect_robots": robots,
+            "images.fetch": images,
+            "strict": strict,
+            "progress": False if json_output else progress,
+        },
+    )
+    prepare_prefect_environment()
+    from flows.index import run_index
+    from pipelines.embed import EmbedderUnavailable
+
+    try:
+        summary = run_index(sources, cfg)
+    except EmbedderUnavailable as exc:
+        fail(str(exc))
+    if json_output:
+        emit_json(summary.to_dict())
+    else:
+        typer.echo(summary.to_text())
+    raise typer.Exit(summary.exit_code(strict=cfg.strict))
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", help="output directory")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+    json_output: JsonOption = False,
+    fmt: Annotated[str, typer.Option("--format", help="export format (parquet)")] = "parquet",
+    table: Annotated[Optional[list[str]], typer.Option("--table", help="table to export (repeatable; default all)")] = None,
+    version: Annotated[Optional[str], typer.Option("--version", help="table version number or tag (e.g. index-<run id>)")] = None,
+) -> None:
+    """Write tables to Parquet files readable by pandas/pyarrow."""
+    if fmt != "parquet":
+        fail(f"--format: unsupported export format {fmt!r} (supported: parquet)")
+    cfg = build_config(config, {"store.db_uri": db})
+    from pipelines.store import IndexStore
+
+    index_store = _open_existing_store(cfg)
+    try:
+        written = index_store.export_parquet(out, table, version)
+    except ValueError as exc:
+        fail(str(exc))
+    if json_output:
+        emit_json({name: str(path) for name, path in written.items()})
+    else:
+        for name, path in written.items():
+            typer.echo(f"{name:<40} -> {path}")
+
+
+@app.command()
+def status(
+    db: DbOption = None,
+    config: ConfigOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """What the index holds: per table rows, versions, embedders; and the last run."""
+    cfg = build_config(config, {"store.db_uri": db})
+    from pipelines.embed import embedder_specs
+
+    index_store = _open_existing_store(cfg)
+    tables = index_store.table_stats()
+    last = index_store.last_run()
+    registered = [{"name": s.name, "modalities": sorted(s.modalities), "description": s.description} for s in embedder_specs()]
+    if json_output:
+        emit_json({"db_uri": cfg.store.db_uri, "tables": tables, "last_run": last, "embedders": registered})
+        return
+    typer.echo(f"database {cfg.store.db_uri}")
+    typer.echo(f"  {'table':<40}{'rows':>8}{'version':>9}{'versions':>10}  embedders")
+    for t in tables:
+        typer.echo(f"  {t['table']:<40}{t['rows']:>8}{t['version']:>9}{t['versions']:>10}  {', '.join(t['embedders']) or '-'}")
+    if last:
+        s = last["summary"]
+        typer.echo(
+            f"last run {last['run_id']} ({last['kind']}) finished {last['finished_at']:%Y-%m-%d %H:%M:%S} UTC: "
+            f"{s.get('pages_ok', 0)} pages ok, {s.get('pages_failed', 0)} failed, {s.get('chunks_total', 0)} chunks, "
+            f"{s.get('images_total', 0)} images"
+        )
+    else:
+        typer.echo("no runs recorded yet")
+
+
+def _open_existing_store(cfg: MmragConfig):
+    from pipelines.store import IndexStore
+
+    if "://" not in cfg.store.db_uri and not Path(cfg.store.db_uri).is_dir():
+        fail(f"--db: no database at {cfg.store.db_uri} (run `mmrag index SOURCE…` first)")
+    return IndexStore(cfg.store.db_uri)
+
+
+def main() -> None:  # pragma: no cover - console script shim
+    """Console entry point."""
+    app()
