@@ -186,6 +186,9 @@ def _open_existing_store(cfg: MmragConfig):
     return IndexStore(cfg.store.db_uri)
 
 
+# --- sub-command modules are mounted here, one line each (keep imports light: heavy ones go inside commands) ---
+
+
 def main() -> None:  # pragma: no cover - console script shim
     """Console entry point."""
     app()

@@ -81,6 +81,14 @@ class EmbedConfig(_Section):
     batch_size: int = Field(64, ge=1, le=4096)
     device: str = "auto"
     model_path: str | None = Field(None, description="local checkpoint directory; default: the embedder's own")
+    checkpoint: str | None = Field(
+        None,
+        description="Hugging Face repo id (or directory) instead of the embedder's default checkpoint; "
+        "repo ids are read from the local Hugging Face cache only, never downloaded at run time",
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="weights and activations of torch embedders; vectors are always returned as float32"
+    )
 
 
 class StoreConfig(_Section):
@@ -88,6 +96,24 @@ class StoreConfig(_Section):
 
     db_uri: str = ".mmrag/lancedb"
     raw_dir: str = Field(".mmrag/raw", description="content-addressed raw responses, so a re-parse never re-fetches")
+
+
+class SearchConfig(_Section):
+    """Retrieval settings (issue: retrieval and answering). Owned by pipelines/retrieve.py."""
+
+    # --- search settings: add fields below this line ---
+
+
+class LlmConfig(_Section):
+    """Answer generation and LLM backends. Owned by pipelines/generate.py and pipelines/llm/."""
+
+    # --- llm settings: add fields below this line ---
+
+
+class OpsConfig(_Section):
+    """Scheduling, maintenance, task runners and scale-out. Owned by flows/ and pipelines/maintenance.py."""
+
+    # --- ops settings: add fields below this line ---
 
 
 class MmragConfig(BaseSettings):
@@ -102,6 +128,9 @@ class MmragConfig(BaseSettings):
     images: ImageConfig = ImageConfig()
     embed: EmbedConfig = EmbedConfig()
     store: StoreConfig = StoreConfig()
+    search: SearchConfig = SearchConfig()
+    llm: LlmConfig = LlmConfig()
+    ops: OpsConfig = OpsConfig()
     page_batch: int = Field(64, ge=1, le=100_000, description="pages fetched, embedded and committed together")
     strict: bool = Field(False, description="exit non-zero when any item failed, not only when nothing was indexed")
     progress: bool | None = Field(None, description="progress bars; default: only on a terminal and not under CI")
