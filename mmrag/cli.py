@@ -79,6 +79,7 @@ def index(
     robots: Annotated[Optional[bool], typer.Option("--robots/--no-robots", help="honour robots.txt")] = None,
     images: Annotated[Optional[bool], typer.Option("--images/--no-images", help="download and verify images")] = None,
     strict: Annotated[Optional[bool], typer.Option("--strict", help="exit 1 when any item failed")] = None,
+    reparse: Annotated[Optional[bool], typer.Option("--reparse", help="parse again from stored raw responses, fetching only what was never stored")] = None,
     progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="progress bars (default: on a terminal)")] = None,
 ) -> None:
     """Fetch, parse, chunk, embed and store SOURCES; prints a summary (exit 1 when nothing could be indexed)."""
@@ -98,6 +99,7 @@ def index(
             "fetch.per_host_concurrency": per_host_concurrency,
             "fetch.per_host_delay_s": per_host_delay,
             "fetch.respect_robots": robots,
+            "fetch.reparse_from_raw": reparse,
             "images.fetch": images,
             "strict": strict,
             "progress": False if json_output else progress,

@@ -40,6 +40,9 @@ class FetchConfig(_Section):
     per_host_concurrency: int = Field(2, ge=1, le=64)
     per_host_delay_s: float = Field(0.0, ge=0, description="minimum gap between two request starts to one host")
     respect_robots: bool = True
+    reparse_from_raw: bool = Field(
+        False, description="serve pages and images from stored raw responses without any request when one exists"
+    )
     page_content_types: list[str] = ["text/html", "application/xhtml+xml"]
 
 

@@ -275,6 +275,10 @@ class Fetcher:
         if problem:
             return FetchResult(url=url, final_url=url, status="invalid_url", error=problem, attempts=0,
                                fetched_at=_now())
+        if self.cfg.reparse_from_raw:
+            stored = self._stored_result(url, started)
+            if stored is not None:
+                return stored
         cached = self._recall_with_body(url) if conditional else None
         headers = {"Accept": _ACCEPT[kind]}
         if cached and cached.get("etag"):
@@ -361,6 +365,24 @@ class Fetcher:
 
     def _size_limit(self, kind: Kind) -> int:
         return self.cfg.max_image_bytes if kind == "image" else self.cfg.max_page_bytes
+
+    def _stored_result(self, url: str, started: float) -> FetchResult | None:
+        """The last stored response of ``url`` as a result (no request made), or None when none is stored."""
+        record = self.raw_store.recall(url) if self.raw_store else None
+        body = None
+        if record and record.get("body_sha256"):
+            try:
+                body = self.raw_store.get(record["body_sha256"])
+            except ValueError:  # corrupt digest in the record
+                body = None
+        if body is None:
+            return None
+        return FetchResult(
+            url=url, final_url=record.get("final_url") or url, status="ok", http_status=record.get("http_status"),
+            content_type=record.get("content_type"), body=body, body_sha256=record["body_sha256"],
+            etag=record.get("etag"), last_modified=record.get("last_modified"), fetched_at=_now(),
+            attempts=0, elapsed_s=time.monotonic() - started, from_cache=True,
+        )
 
     def _recall_with_body(self, url: str) -> dict | None:
         """The stored record of ``url`` when it has validators and its body is still stored."""

@@ -88,6 +88,8 @@ def document_row(
         "n_chunks": n_chunks if ok else previous.get("n_chunks"),
         "n_images": n_images if ok else previous.get("n_images"),
         "parse_warnings": list(doc.warnings) if ok else [],
+        # The parsed article text: chunk offsets index into it, and labels are matched against it.
+        "text": doc.text if ok else previous.get("text"),
         "run_id": run_id,
     }
 

@@ -71,6 +71,7 @@ def documents_schema() -> pa.Schema:
             pa.field("n_chunks", pa.int32()),
             pa.field("n_images", pa.int32()),
             pa.field("parse_warnings", pa.list_(pa.string())),
+            pa.field("text", pa.large_string()),
             pa.field("run_id", pa.string()),
         ]
     )
@@ -222,7 +223,7 @@ class IndexStore:
     def document_states(self, urls: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Stored ``documents`` rows for ``urls``, keyed by url."""
         columns = ["url", "status", "title", "canonical_url", "content_hash", "etag", "last_modified",
-                   "indexed_at", "n_chunks", "n_images"]
+                   "indexed_at", "n_chunks", "n_images", "text"]
         rows = self.read_where(DOCUMENTS, columns, "url", urls).to_pylist()
         return {row["url"]: row for row in rows}
 

@@ -68,6 +68,8 @@ def test_sample_corpus_indexes_then_reruns_unchanged(tmp_path):
     assert len(chunk_rows) == first.chunks_total
     assert all(r["section_path"] and len(r["vector"]) == 384 and r["embedder"] == "minilm" for r in chunk_rows)
     assert any(len(r["section_path"]) >= 3 for r in chunk_rows), "h3 under h2 under h1 gives 3-level paths"
+    doc_text = {d["url"]: d["text"] for d in rows_of(cfg, store.DOCUMENTS)}
+    assert all(doc_text[r["doc_url"]][r["char_start"]:r["char_end"]] == r["text"] for r in chunk_rows)
     image_rows = rows_of(cfg, IMAGES)
     statuses = {r["status"] for r in image_rows}
     assert "ok" in statuses
@@ -271,3 +273,35 @@ def test_bad_input_is_recorded_per_item_and_nothing_stored_is_lost(tmp_path):
         doc = {r["url"]: r for r in rows_of(cfg, store.DOCUMENTS)}[f"{base}/good.html"]
         assert doc["status"] == "http_503" and doc["title"] == "Good page" and doc["n_chunks"] == len(good_chunks)
         assert good_chunks <= {r["id"] for r in rows_of(cfg, CHUNKS)}
+
+
+# -- sitemaps, feeds and re-parsing from stored responses -------------------------------------
+
+
+def test_sitemap_and_feed_over_http_then_reparse_without_network(tmp_path):
+    import shutil
+
+    site = tmp_path / "site"
+    shutil.copytree(SAMPLE_DIR, site / "articles")
+    slugs = sorted(p.stem for p in SAMPLE_DIR.glob("*.html") if p.name != "index.html")
+    cfg = make_config(tmp_path)
+    with serve_directory(site) as base:
+        urls = [f"{base}/articles/{slug}.html" for slug in slugs]
+        (site / "sitemap.xml").write_text(
+            '<?xml version="1.0" encoding="UTF-8"?>\n<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+            + "".join(f"<url><loc>{u}</loc></url>" for u in urls) + "</urlset>")
+        (site / "feed.xml").write_text(
+            '<?xml version="1.0"?><rss version="2.0"><channel><title>t</title><link>' + base + "</link>"
+            + "".join(f"<item><title>{s}</title><link>{u}</link></item>" for s, u in zip(slugs, urls))
+            + "</channel></rss>")
+        from_sitemap = run_index([f"{base}/sitemap.xml"], cfg)
+        assert from_sitemap.pages_ok == len(slugs) and from_sitemap.chunks_embedded > 50
+        from_feed = run_index([f"{base}/feed.xml"], cfg)
+        assert from_feed.pages_ok == len(slugs) and from_feed.all_unchanged
+    # The server is gone: a re-parse is served from the raw store, with no request at all.
+    reparsed = run_index([f"{base}/sitemap.xml"], cfg.model_copy(update={"fetch": cfg.fetch.model_copy(update={"reparse_from_raw": True})}))
+    assert reparsed.pages_ok == len(slugs) and reparsed.chunks_embedded == 0 and reparsed.chunks_deleted == 0
+    # Every image that was stored comes back from the raw store; only the never-stored broken one fails again.
+    assert reparsed.images_ok == from_sitemap.images_ok and reparsed.images_failed == from_sitemap.images_failed == 1
+    docs = rows_of(cfg, store.DOCUMENTS)
+    assert len(docs) == len(slugs) and {d["status"] for d in docs} == {"ok"}
