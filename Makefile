@@ -10,7 +10,7 @@ DB ?= .mmrag/lancedb
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,llm]'
 	touch $(STAMP)
 
 setup: $(STAMP)

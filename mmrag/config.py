@@ -111,6 +111,38 @@ class LlmConfig(_Section):
     """Answer generation and LLM backends. Owned by pipelines/generate.py and pipelines/llm/."""
 
     # --- llm settings: add fields below this line ---
+    backend: Literal["llamacpp", "ollama", "openai"] = Field("llamacpp", description="default backend; `--llm BACKEND:MODEL` overrides")
+    model: str | None = Field(None, description="model of the default backend; default: qwen2.5-coder-0.5b (llamacpp), llama3.2-vision (ollama/openai)")
+    prompt_template: str | None = Field(None, description="path to a Jinja2 prompt template; default: the built-in one (`mmrag llm template`)")
+    system_prompt: str | None = Field(None, description="optional system message before the prompt")
+    max_tokens: int = Field(512, ge=1, le=32768, description="answer length budget in tokens")
+    temperature: float = Field(0.2, ge=0, le=2)
+    seed: int | None = Field(None, description="sampling seed, for repeatable answers")
+    timeout_s: float = Field(120.0, gt=0, description="seconds to wait for an LLM server")
+    max_retries: int = Field(1, ge=0, le=10, description="openai backend: retries on connection errors, 429 and 5xx")
+    send_images: bool = Field(True, description="send image bytes to vision models; off: images go as caption and OCR text")
+    max_images: int = Field(3, ge=0, le=32, description="images given to the model at most (query image first, then image hits by score)")
+    multi_image_strategy: Literal["best", "per_image"] = Field(
+        "best",
+        description="single-image models with several images: 'best' sends only the top image; "
+        "'per_image' asks once per image, then merges the answers in a final text-only call",
+    )
+    single_image_models: list[str] = Field(
+        ["llama3.2-vision"], description="models accepting one image per request (matched on the name before ':')"
+    )
+    ocr_query_image: bool = Field(True, description="OCR the --image file for text-only models (when an OCR engine is installed)")
+    ollama_host: str | None = Field(None, description="Ollama server; default OLLAMA_HOST, else http://127.0.0.1:11434")
+    ollama_num_ctx: int | None = Field(None, ge=256, description="Ollama context window (options.num_ctx); default: the server's")
+    ollama_keep_alive: str | None = Field(None, description="how long Ollama keeps the model loaded (e.g. '10m')")
+    openai_base_url: str = Field("http://127.0.0.1:11434/v1", description="OpenAI-compatible endpoint (Ollama, vLLM, llama.cpp server)")
+    openai_api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the endpoint's API key, if it needs one")
+    cache_dir: str = Field(".mmrag/models", description="where llamacpp GGUF models are assembled from their part packages")
+    n_ctx: int = Field(4096, ge=256, le=131072, description="llamacpp context window in tokens")
+    n_threads: int | None = Field(None, ge=1, description="llamacpp CPU threads; default: all cores")
+    caption_prompt: str = Field(
+        "Describe this figure in one or two sentences for a search index: what it shows, and any labels or text in it.",
+        description="prompt for caption enrichment of images without a caption",
+    )
 
 
 class OpsConfig(_Section):
