@@ -190,6 +190,7 @@ def _open_existing_store(cfg: MmragConfig):
 
 # --- sub-command modules are mounted here, one line each (keep imports light: heavy ones go inside commands) ---
 from mmrag import cli_llm; app.command("ask")(cli_llm.ask); app.add_typer(cli_llm.llm_app, name="llm")  # noqa: E402,E702
+from mmrag.cli_search import register as _register_search; _register_search(app)  # noqa: E402,E702
 
 
 def main() -> None:  # pragma: no cover - console script shim

@@ -105,6 +105,56 @@ class SearchConfig(_Section):
     """Retrieval settings (issue: retrieval and answering). Owned by pipelines/retrieve.py."""
 
     # --- search settings: add fields below this line ---
+    target: Literal["text", "images", "both"] = Field("text", description="what a query searches: text chunks, images, or both")
+    mode: Literal["softmax", "cosine"] = Field(
+        "softmax",
+        description="softmax: the original design (softmax of similarity/temperature over all candidates, then threshold); "
+        "cosine: threshold raw cosine similarity",
+    )
+    text_k: int = Field(15, ge=1, le=10_000, description="text hits returned (the original design used 15)")
+    text_threshold: float = Field(0.01, ge=0, le=1, description="softmax mode: minimum text score (design: 0.01)")
+    text_temperature: float = Field(0.25, gt=0, description="softmax mode: temperature for text (design: 0.25)")
+    image_k: int = Field(5, ge=1, le=10_000, description="image hits returned (the original design used 5)")
+    image_threshold: float = Field(0.25, ge=0, le=1, description="softmax mode: minimum image score (design: 0.25)")
+    image_temperature: float = Field(0.5, gt=0, description="softmax mode: temperature for images (design: 0.5)")
+    cosine_threshold: float = Field(-1.0, ge=-1, le=1, description="cosine mode: minimum cosine similarity (-1: keep all)")
+    softmax_pool: int | None = Field(
+        10_000,
+        ge=1,
+        description="softmax mode: normalise over the top N candidates by cosine; exact (the whole filtered table) when "
+        "the table has at most N rows; None: always exact (reads every row per query)",
+    )
+    table_embedder: str | None = Field(
+        None,
+        description="search the tables written under this embedder name (e.g. imported precomputed vectors) while "
+        "embedding queries with embed.name; the vectors must be in the same space",
+    )
+    nprobes: int = Field(
+        32, ge=1, description="IVF partitions probed per query on tables with a vector index (bench/RESULTS.md: query_latency)"
+    )
+    refine_factor: int | None = Field(
+        20, ge=1, description="indexed tables: re-rank refine_factor × limit index candidates with exact vectors "
+        "(at most 100k per query); IVF_PQ recall@10 needs it (0.25 without, 0.99 with 20 at 100k rows)",
+    )
+    ef: int | None = Field(None, ge=1, description="HNSW search breadth (IVF_HNSW_* indexes); default: LanceDB's")
+    reranker: Literal["none", "hybrid", "llm", "cross-encoder", "model-score"] = Field(
+        "none", description="rerank the top rerank_candidates hits down to k"
+    )
+    rerank_candidates: int = Field(50, ge=1, le=10_000, description="how many retrieved hits a reranker sees (N)")
+    rrf_k: int = Field(60, ge=1, description="hybrid reranker: reciprocal rank fusion constant")
+    fts_auto_index: bool = Field(
+        True, description="hybrid reranker: create the full-text index when missing and rebuild it when rows are unindexed"
+    )
+    cross_encoder_model: str | None = Field(
+        None, description="cross-encoder reranker: a local directory or a Hugging Face id already in the local cache"
+    )
+    llm_base_url: str | None = Field(
+        None, description="llm reranker: OpenAI-compatible API base URL with logprobs, e.g. http://127.0.0.1:8080/v1"
+    )
+    llm_model: str = Field("local", description="llm reranker: model name sent to the endpoint")
+    llm_api_key_env: str | None = Field(None, description="llm reranker: environment variable holding a bearer token")
+    llm_timeout_s: float = Field(60.0, gt=0)
+    llm_concurrency: int = Field(4, ge=1, le=64, description="llm reranker: requests in flight")
 
 
 class LlmConfig(_Section):

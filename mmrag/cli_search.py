@@ -1,0 +1,218 @@
+"""``mmrag search`` and ``mmrag import-vectors``: mounted on the main app by :func:`register`.
+
+``search QUERY`` (or ``--image PATH``) prints hits as a compact table, or JSON with ``--json``.
+``search --stdin`` is the warm path: one process, the embedder and tables loaded once, one query
+per input line (plain text, or a JSON object such as ``{"query": "...", "target": "images", "k": 3}``
+or ``{"image": "cat.png"}``), one answer per query (a JSON line with ``--json``); a bad line gets an
+error answer and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from mmrag.cli import ConfigOption, DbOption, JsonOption, build_config, emit_json, fail
+
+LINE_KEYS = {
+    "query", "image", "target", "mode", "k", "threshold", "temperature", "reranker", "candidates",
+    "where", "url_prefix", "title", "section", "image_status", "fetched_since", "fetched_until",
+}
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``search`` and ``import-vectors`` to ``app``."""
+    app.command(name="search")(search)
+    app.command(name="import-vectors")(import_vectors_command)
+
+
+def search(
+    query: Annotated[Optional[str], typer.Argument(help="query text (omit with --image or --stdin)")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="query image file (needs an image embedder: clip, blip2)")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="text | images | both")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", min=1, help="hits per target (default: 15 text, 5 images)")] = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", help="minimum score (softmax score, or cosine in cosine mode)")] = None,
+    mode: Annotated[Optional[str], typer.Option("--mode", help="softmax (the original design) | cosine")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="softmax temperature (default: 0.25 text, 0.5 images)")] = None,
+    pool: Annotated[Optional[int], typer.Option("--pool", min=1, help="softmax over at most this many candidates (exact when the table is smaller)")] = None,
+    reranker: Annotated[Optional[str], typer.Option("--reranker", help="none | hybrid | llm | cross-encoder | model-score")] = None,
+    candidates: Annotated[Optional[int], typer.Option("--candidates", min=1, help="hits a reranker sees (N)")] = None,
+    where: Annotated[Optional[str], typer.Option("--where", help="SQL filter over the table's columns (LanceDB where)")] = None,
+    url_prefix: Annotated[Optional[str], typer.Option("--url-prefix", help="only documents whose URL starts with this")] = None,
+    title: Annotated[Optional[str], typer.Option("--title", help="only this article title")] = None,
+    section: Annotated[Optional[str], typer.Option("--section", help="only this section and its subsections")] = None,
+    image_status: Annotated[Optional[str], typer.Option("--image-status", help="only images with this status (ok, not_fetched, …)")] = None,
+    fetched_since: Annotated[Optional[str], typer.Option("--fetched-since", help="only documents fetched on/after (YYYY-MM-DD)")] = None,
+    fetched_until: Annotated[Optional[str], typer.Option("--fetched-until", help="only documents fetched on/before (YYYY-MM-DD)")] = None,
+    embedder: Annotated[Optional[str], typer.Option("--embedder", help="query embedder (must match the indexed vectors)")] = None,
+    model_path: Annotated[Optional[str], typer.Option("--model-path", help="local checkpoint directory for the embedder")] = None,
+    chunking: Annotated[Optional[str], typer.Option("--chunking", help="chunk table's chunking: paragraph | window | tokens")] = None,
+    table_embedder: Annotated[Optional[str], typer.Option("--table-embedder", help="search tables of this embedder label (e.g. imported vectors)")] = None,
+    cross_encoder: Annotated[Optional[str], typer.Option("--cross-encoder", help="cross-encoder reranker model (directory or cached hub id)")] = None,
+    llm_url: Annotated[Optional[str], typer.Option("--llm-url", help="llm reranker: OpenAI-compatible base URL (…/v1)")] = None,
+    llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="llm reranker: model name")] = None,
+    stdin: Annotated[bool, typer.Option("--stdin", help="read one query per line from stdin, keeping the models loaded")] = False,
+    db: DbOption = None,
+    config: ConfigOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Search text chunks and/or images; prints hits (rank, score, cosine, title > section, text or caption)."""
+    cfg = build_config(
+        config,
+        {
+            "store.db_uri": db,
+            "embed.name": embedder,
+            "embed.model_path": model_path,
+            "chunking.strategy": chunking,
+            "search.target": target,
+            "search.mode": mode,
+            "search.softmax_pool": pool,
+            "search.reranker": reranker,
+            "search.rerank_candidates": candidates,
+            "search.table_embedder": table_embedder,
+            "search.cross_encoder_model": cross_encoder,
+            "search.llm_base_url": llm_url,
+            "search.llm_model": llm_model,
+        },
+    )
+    from pipelines.retrieve import Filters, SearchError, Searcher
+
+    filters = Filters(url_prefix=url_prefix, title=title, section=section, image_status=image_status,
+                      fetched_since=fetched_since, fetched_until=fetched_until, where=where)
+    overrides = {"k": k, "threshold": threshold, "temperature": temperature}
+    searcher = Searcher(cfg)
+    if stdin:
+        if query is not None or image is not None:
+            fail("--stdin reads the queries from stdin; give no QUERY or --image")
+        _serve_stdin(searcher, filters, overrides, json_output)
+        return
+    if (query is None) == (image is None):
+        fail("give a QUERY or --image PATH (one of them)")
+    try:
+        result = searcher.search(query, image=image, filters=filters, **overrides)
+    except SearchError as exc:
+        fail(str(exc))
+        return
+    if json_output:
+        emit_json(result.to_dict())
+    else:
+        typer.echo(format_result(result))
+
+
+def _serve_stdin(searcher: Any, filters: Any, overrides: dict[str, Any], json_output: bool) -> None:
+    """Answer one query per stdin line until EOF."""
+    import dataclasses
+
+    from pipelines.retrieve import SearchError
+
+    for number, line in enumerate(sys.stdin, 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            args = parse_query_line(line)
+            line_filters = dataclasses.replace(
+                filters, **{key: args.pop(key) for key in list(args) if key in
+                            ("where", "url_prefix", "title", "section", "image_status", "fetched_since", "fetched_until")}
+            )
+            if "candidates" in args:
+                args["rerank_candidates"] = args.pop("candidates")
+            query = args.pop("query", None)
+            result = searcher.search(query, filters=line_filters, **{**overrides, **args})
+        except (SearchError, ValueError) as exc:
+            if json_output:
+                sys.stdout.write(json.dumps({"line": number, "error": str(exc)}) + "\n")
+            else:
+                typer.echo(f"mmrag: error: line {number}: {exc}", err=True)
+            sys.stdout.flush()
+            continue
+        if json_output:
+            sys.stdout.write(json.dumps(result.to_dict(), default=str) + "\n")
+        else:
+            sys.stdout.write(format_result(result) + "\n\n")
+        sys.stdout.flush()
+
+
+def parse_query_line(line: str) -> dict[str, Any]:
+    """A stdin line as search arguments: plain text is the query; a JSON object may set any of :data:`LINE_KEYS`."""
+    if not line.startswith("{"):
+        return {"query": line}
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not a JSON object: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("a JSON query line must be an object")
+    unknown = sorted(set(data) - LINE_KEYS)
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(LINE_KEYS))}")
+    return {key: value for key, value in data.items() if value is not None}
+
+
+def _clip(text: str | None, width: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_result(result: Any, *, width: int = 72) -> str:
+    """Compact human-readable tables of a :class:`~pipelines.retrieve.SearchResult`, one per target."""
+    lines: list[str] = []
+    what = f"image {result.image}" if result.image else repr(result.query)
+    for target, table in result.tables.items():
+        hits = result.hits_for(target)
+        exact = result.softmax_exact.get(target)
+        basis = "" if exact is None else (", exact softmax" if exact else ", softmax over a pool")
+        lines.append(
+            f"{target} hits for {what}: {len(hits)} ({result.mode}, reranker {result.reranker}, "
+            f"{result.candidates.get(target, 0)} candidates{basis}, table {table})"
+        )
+        if not hits:
+            lines.append("  (no hit passed the threshold)")
+            continue
+        lines.append(f"  {'#':>3} {'score':>8} {'cos':>6}  {'article > section':<34}  {'text' if target == 'text' else 'caption [status] src'}")
+        for hit in hits:
+            where = _clip(" > ".join(p for p in (hit.article_title, hit.section) if p), 34)
+            body = hit.text if hit.target == "text" else f"{hit.text or '(no caption)'} [{hit.image_status}] {hit.src_url}"
+            lines.append(f"  {hit.rank:>3} {hit.score:>8.4f} {hit.similarity:>6.3f}  {where:<34}  {_clip(body, width)}")
+    return "\n".join(lines)
+
+
+def import_vectors_command(
+    vectors: Annotated[Path, typer.Argument(help="vectors file: .pt tensor or .npy array, shape (rows, dimension)")],
+    content: Annotated[Path, typer.Argument(help="JSON list or JSON Lines, one record per vector, same order")],
+    embedder_label: Annotated[str, typer.Option("--embedder-label", help="name of the vectors' embedder, e.g. clip-vit-b16-precomputed")],
+    target: Annotated[str, typer.Option("--target", help="text (chunk rows) | images (image rows)")] = "text",
+    chunking_key: Annotated[str, typer.Option("--chunking-key", help="chunk table suffix (chunks__<label>__<key>)")] = "paragraph",
+    images_root: Annotated[Optional[Path], typer.Option("--images-root", help="where image paths are resolved (default: the content file's folder)")] = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Import precomputed vectors with their content as chunk or image rows (search them with --table-embedder LABEL)."""
+    cfg = build_config(config, {"store.db_uri": db})
+    if target not in ("text", "images"):
+        fail(f"--target: use text or images, got {target!r}")
+    from pipelines.import_vectors import VectorImportError, import_vectors
+    from pipelines.store import IndexStore
+
+    try:
+        summary = import_vectors(
+            IndexStore(cfg.store.db_uri), vectors, content, embedder=embedder_label, target=target,  # type: ignore[arg-type]
+            chunking_key=chunking_key, images_root=images_root, image_cfg=cfg.images,
+            max_image_bytes=cfg.fetch.max_image_bytes,
+        )
+    except VectorImportError as exc:
+        fail(str(exc))
+        return
+    if json_output:
+        emit_json(summary.to_dict())
+    else:
+        typer.echo(
+            f"imported {summary.rows} {target} rows ({summary.dimension}-d, {summary.documents} documents, "
+            f"{summary.deleted} stale rows deleted) into {summary.table}"
+            + (f"; {summary.images_found} image files found" if target == "images" else "")
+        )

@@ -1,0 +1,476 @@
+"""Rerankers: reorder the best N retrieved hits and keep k (``search.reranker``, ``search.rerank_candidates``).
+
+===============  ==================================================================  ==========================================
+name             score                                                               needs
+===============  ==================================================================  ==========================================
+``none``         the retrieval score                                                  nothing
+``hybrid``       reciprocal rank fusion (k=60) of the vector ranking and a LanceDB    a text query; a native full-text index on
+                 full-text search (BM25) over the same filtered table                 ``text`` (chunks) / ``surrogate_text``
+                                                                                      (images), created or brought up to date
+                                                                                      on first use (``search.fts_auto_index``)
+``llm``          a chat model's probability of answering "yes" to "is this passage    a text query; ``search.llm_base_url``: an
+                 relevant?" (:class:`OpenAIChatRelevanceScorer`)                       OpenAI-compatible endpoint with logprobs
+``cross-encoder`` a sentence-transformers ``CrossEncoder`` over (query, passage)       a text query; ``search.cross_encoder_model``
+                                                                                      (a local directory or a cached hub id)
+``model-score``  the embedder's own image-text score: BLIP-2's max over the 32 query  target images, a text query, an embedder
+                 vectors (``itm_score``), CLIP's ``logit_scale × cosine``             with ``score``/``itm_score`` (clip, blip2)
+                 (``score``), from the stored image bytes                              and the images' bytes in ``image_blobs``
+===============  ==================================================================  ==========================================
+
+Each reranker's :meth:`check` fails with :class:`RerankerUnavailable` (a one-line
+:class:`~pipelines.retrieve.SearchError`) before any work when something it needs is missing.
+Hybrid fusion may bring in rows that only the full-text search found (their
+``retrieval_score`` is None). Text-scoring rerankers read an image hit's caption surrogate.
+``model-score`` leaves out images without stored bytes (nothing to score).
+
+:class:`RelevanceScorer` is the small interface of the text rerankers (``score(query, passages)``
+→ one float per passage, higher is more relevant); any object with that method can be wrapped
+in :class:`ScorerReranker`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from mmrag.config import ImageConfig, SearchConfig
+from pipelines.retrieve import (
+    IMAGE_COLUMNS,
+    TEXT_COLUMNS,
+    Hit,
+    SearchError,
+    cosine_similarities,
+    hit_from_row,
+    vectors_of,
+)
+
+RERANKERS = ("none", "hybrid", "llm", "cross-encoder", "model-score")
+
+
+class RerankerUnavailable(SearchError):
+    """A reranker lacks something it needs (query kind, target, model, endpoint, index)."""
+
+
+class RerankError(SearchError):
+    """A reranker failed while scoring (endpoint error, malformed response)."""
+
+
+@dataclass(frozen=True)
+class RerankContext:
+    """What a reranker may use besides the candidates: the query, the searched table and its filter."""
+
+    query: str | None
+    query_vector: np.ndarray
+    target: str
+    table: Any
+    where: str | None = None
+    embedder: Any | None = None
+    store: Any | None = None
+    image_config: ImageConfig = dataclasses.field(default_factory=ImageConfig)
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def reciprocal_rank_fusion(rankings: Sequence[Sequence[str]], *, k: int = 60) -> list[tuple[str, float]]:
+    """Fuse rankings of ids: ``score(id) = Σ 1 / (k + rank)`` over the rankings holding it (rank from 1).
+
+    Returns ``(id, score)`` best first; ties keep the order of first appearance. An id repeated
+    within one ranking counts at its first position only. Cormack et al. 2009; k=60 as in LanceDB's
+    ``RRFReranker``.
+    """
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    scores: dict[str, float] = {}
+    for ranking in rankings:
+        for rank, item in enumerate(dict.fromkeys(ranking), 1):
+            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda kv: -kv[1])
+
+
+def yes_probability(top_logprobs: Sequence[dict[str, Any]]) -> float | None:
+    """P("yes") / (P("yes") + P("no")) from one position's ``top_logprobs`` (OpenAI wire format).
+
+    Tokens count as yes/no after stripping spaces and punctuation, case-insensitively (``" Yes"``,
+    ``"yes."``). Returns None when neither appears.
+    """
+    yes = no = 0.0
+    for entry in top_logprobs:
+        token = str(entry.get("token", "")).strip().strip(".,!:;\"'").lower()
+        if token in ("yes", "no"):
+            probability = math.exp(float(entry.get("logprob", -math.inf)))
+            if token == "yes":
+                yes += probability
+            else:
+                no += probability
+    if yes + no == 0.0:
+        return None
+    return yes / (yes + no)
+
+
+def rerank_by_scores(candidates: Sequence[Hit], scores: Sequence[float], *, k: int) -> list[Hit]:
+    """``candidates`` sorted by ``scores`` (descending, stable), ``score`` replaced, the first ``k`` kept."""
+    if len(scores) != len(candidates):
+        raise RerankError(f"scorer returned {len(scores)} scores for {len(candidates)} passages")
+    order = sorted(range(len(candidates)), key=lambda i: -float(scores[i]))
+    return [dataclasses.replace(candidates[i], score=float(scores[i])) for i in order[:k]]
+
+
+# --------------------------------------------------------------------------- relevance scorers
+
+
+@runtime_checkable
+class RelevanceScorer(Protocol):
+    """Scores passages for a query; higher is more relevant."""
+
+    def score(self, query: str, passages: Sequence[str]) -> list[float]:
+        """One relevance score per passage."""
+        ...
+
+
+RELEVANCE_SYSTEM_PROMPT = (
+    "You judge whether a passage is relevant to a search query. Answer with one word: yes or no."
+)
+
+
+def relevance_messages(query: str, passage: str) -> list[dict[str, str]]:
+    """The chat messages asking whether ``passage`` is relevant to ``query``."""
+    return [
+        {"role": "system", "content": RELEVANCE_SYSTEM_PROMPT},
+        {
+            "role": "user",
+            "content": f"Query: {query}\n\nPassage: {passage}\n\nIs the passage relevant to the query? Answer yes or no.",
+        },
+    ]
+
+
+class OpenAIChatRelevanceScorer:
+    """Relevance = probability of "yes" from an OpenAI-compatible ``/chat/completions`` endpoint with logprobs.
+
+    One request per passage (``max_tokens=1``, ``temperature=0``, ``logprobs=true``,
+    ``top_logprobs``), ``concurrency`` in flight. Works with llama.cpp's server, vLLM, the
+    OpenAI API. When neither "yes" nor "no" is among the top tokens, the sampled token decides
+    (1.0 for yes, else 0.0). A response without logprobs is an error: this scorer needs them.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str = "local",
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        concurrency: int = 4,
+        top_logprobs: int = 10,
+    ):
+        import httpx
+
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.top_logprobs = top_logprobs
+        self.concurrency = concurrency
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(timeout=timeout_s, headers=headers)
+
+    def score(self, query: str, passages: Sequence[str]) -> list[float]:
+        """P(yes) for each passage, in order."""
+        if not passages:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(passages))) as pool:
+            return list(pool.map(lambda p: self.score_one(query, p), passages))
+
+    def score_one(self, query: str, passage: str) -> float:
+        """P(yes) for one passage."""
+        import httpx
+
+        body = {
+            "model": self.model,
+            "messages": relevance_messages(query, passage),
+            "max_tokens": 1,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": self.top_logprobs,
+        }
+        try:
+            response = self._client.post(self.url, json=body)
+        except httpx.HTTPError as exc:
+            raise RerankError(f"llm reranker: request to {self.url} failed: {type(exc).__name__}: {exc}") from None
+        if response.status_code != 200:
+            detail = (response.text.strip().splitlines() or [""])[0][:200]
+            raise RerankError(f"llm reranker: {self.url} answered HTTP {response.status_code}: {detail}")
+        try:
+            choice = response.json()["choices"][0]
+            content = (choice.get("logprobs") or {}).get("content") or []
+            sampled = str((choice.get("message") or {}).get("content") or "")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            raise RerankError(f"llm reranker: {self.url} returned a malformed chat completion") from None
+        if not content:
+            raise RerankError(
+                f"llm reranker: {self.url} returned no logprobs; it needs an OpenAI-compatible server that "
+                "supports logprobs/top_logprobs (llama.cpp server, vLLM, OpenAI)"
+            )
+        probability = yes_probability(content[0].get("top_logprobs") or [content[0]])
+        if probability is None:
+            return 1.0 if sampled.strip().lower().startswith("yes") else 0.0
+        return probability
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self._client.close()
+
+
+class CrossEncoderScorer:
+    """A sentence-transformers ``CrossEncoder`` (local directory, or a hub id already in the local cache)."""
+
+    def __init__(self, model: str, *, device: str | None = None, batch_size: int = 32):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import CrossEncoder
+
+        self.model_name = model
+        self.batch_size = batch_size
+        try:
+            self._model = CrossEncoder(model, device=device, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RerankerUnavailable(
+                f"cross-encoder reranker: cannot load {model!r} (a local directory, or a Hugging Face id already in "
+                f"the local cache; nothing is downloaded): {first}"
+            ) from None
+
+    def score(self, query: str, passages: Sequence[str]) -> list[float]:
+        """The model's relevance for each (query, passage) pair (sigmoid for one-label models)."""
+        if not passages:
+            return []
+        scores = np.asarray(
+            self._model.predict([(query, p) for p in passages], batch_size=self.batch_size, show_progress_bar=False)
+        )
+        if scores.ndim == 2:  # two-class heads: probability of the last ("relevant") class
+            shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+            scores = (shifted / shifted.sum(axis=1, keepdims=True))[:, -1]
+        return [float(s) for s in scores]
+
+
+# --------------------------------------------------------------------------- rerankers
+
+
+class Reranker:
+    """Base: reorder candidates; :meth:`check` says up front whether this query can be reranked."""
+
+    name = "none"
+    needs = "nothing"
+    uses_embedder = False
+
+    def check(self, *, target: str, query_text: str | None, image_query: bool) -> None:
+        """Raise :class:`RerankerUnavailable` if this reranker cannot rerank this query/target."""
+
+    def rerank(self, candidates: Sequence[Hit], context: RerankContext, *, k: int) -> list[Hit]:
+        """The best ``k`` of ``candidates``, reordered (this base keeps the retrieval order)."""
+        return list(candidates[:k])
+
+    def _require_text_query(self, query_text: str | None, image_query: bool) -> None:
+        if image_query or not (query_text and query_text.strip()):
+            raise RerankerUnavailable(f"reranker {self.name!r} needs a text query ({self.needs})")
+
+
+class NoReranker(Reranker):
+    """Keeps the retrieval order."""
+
+
+class ScorerReranker(Reranker):
+    """Reorders by a :class:`RelevanceScorer` over (query, passage) pairs."""
+
+    def __init__(self, name: str, scorer: RelevanceScorer, needs: str):
+        self.name = name
+        self.scorer = scorer
+        self.needs = needs
+
+    def check(self, *, target: str, query_text: str | None, image_query: bool) -> None:
+        """Needs a text query."""
+        self._require_text_query(query_text, image_query)
+
+    def rerank(self, candidates: Sequence[Hit], context: RerankContext, *, k: int) -> list[Hit]:
+        """Candidates sorted by the scorer's relevance."""
+        if not candidates:
+            return []
+        scores = self.scorer.score(context.query or "", [h.passage for h in candidates])
+        return rerank_by_scores(candidates, scores, k=k)
+
+
+def fts_column(target: str, table: Any) -> str:
+    """The column a full-text index covers for ``target``: ``text`` for chunks, the caption surrogate for images."""
+    if target == "text":
+        return "text"
+    return "surrogate_text" if "surrogate_text" in table.schema.names else "caption"
+
+
+def ensure_fts_index(table: Any, column: str, *, create: bool = True) -> str:
+    """Make sure ``table`` has a native full-text index on ``column`` covering every row; returns its name.
+
+    A missing index is created (LanceDB native FTS, ``create_index(column, config=FTS())``); one
+    with unindexed rows gets them added (``optimize_indices``). With ``create=False`` a missing
+    index raises :class:`RerankerUnavailable` instead.
+    """
+    from lancedb.index import FTS
+
+    existing = [i for i in table.list_indices() if i.index_type == "FTS" and list(i.columns) == [column]]
+    if not existing:
+        if not create:
+            raise RerankerUnavailable(
+                f"reranker 'hybrid': no full-text index on column {column!r} (set search.fts_auto_index: true to "
+                "create it on first use)"
+            )
+        table.create_index(column, config=FTS(), replace=True)
+        return f"{column}_idx"
+    name = existing[0].name
+    stats = table.index_stats(name)
+    if create and stats is not None and stats.num_unindexed_rows:
+        table.to_lance().optimize.optimize_indices(index_names=[name])
+        table.checkout_latest()
+    return name
+
+
+class HybridReranker(Reranker):
+    """Reciprocal rank fusion of the vector ranking with a LanceDB full-text (BM25) ranking of the same table."""
+
+    name = "hybrid"
+    needs = "full-text search over the query words"
+
+    def __init__(self, *, rrf_k: int = 60, auto_index: bool = True):
+        self.rrf_k = rrf_k
+        self.auto_index = auto_index
+        self._indexed_versions: dict[int, int] = {}
+
+    def check(self, *, target: str, query_text: str | None, image_query: bool) -> None:
+        """Needs a text query."""
+        self._require_text_query(query_text, image_query)
+
+    def rerank(self, candidates: Sequence[Hit], context: RerankContext, *, k: int) -> list[Hit]:
+        """Fuse the candidates' order with the top ``len(candidates)`` (at least ``k``) full-text hits."""
+        table = context.table
+        column = fts_column(context.target, table)
+        if self._indexed_versions.get(id(table)) != table.version:
+            ensure_fts_index(table, column, create=self.auto_index)
+            self._indexed_versions[id(table)] = table.version
+        columns = TEXT_COLUMNS if context.target == "text" else IMAGE_COLUMNS
+        limit = max(len(candidates), k)
+        query = table.search(context.query, query_type="fts", fts_columns=column)
+        if context.where:
+            query = query.where(context.where)
+        try:
+            rows = query.select([*columns, "vector", "_score"]).limit(limit).to_arrow()
+        except Exception as exc:  # noqa: BLE001 - lance raises several types
+            raise RerankError(f"reranker 'hybrid': full-text search failed: {(str(exc).splitlines() or [''])[0]}") from None
+        fts_ids = rows.column("id").to_pylist()
+        fused = reciprocal_rank_fusion([[h.id for h in candidates], fts_ids], k=self.rrf_k)
+        by_id = {h.id: h for h in candidates}
+        if rows.num_rows:
+            similarities = cosine_similarities(context.query_vector, vectors_of(rows))
+            for row, similarity in zip(rows.select(columns).to_pylist(), similarities):
+                if row["id"] not in by_id:
+                    by_id[row["id"]] = hit_from_row(row, target=context.target, similarity=similarity,
+                                                    retrieval_score=None, score=0.0)
+        return [dataclasses.replace(by_id[i], score=score) for i, score in fused[:k]]
+
+
+class ModelScoreReranker(Reranker):
+    """Images reordered by the embedder's own image-text score computed from the stored image bytes."""
+
+    name = "model-score"
+    needs = "an image-text model (clip, blip2) and the images' bytes"
+    uses_embedder = True
+
+    def check(self, *, target: str, query_text: str | None, image_query: bool) -> None:
+        """Needs the images target and a text query."""
+        if target != "images":
+            raise RerankerUnavailable("reranker 'model-score' reranks images only; use --target images")
+        self._require_text_query(query_text, image_query)
+
+    def rerank(self, candidates: Sequence[Hit], context: RerankContext, *, k: int) -> list[Hit]:
+        """Image hits with stored bytes, sorted by BLIP-2 ``itm_score`` or CLIP ``score``; others are left out."""
+        embedder = context.embedder
+        multi = embedder is not None and hasattr(embedder, "itm_score") and hasattr(embedder, "embed_image_bytes_multi")
+        single = embedder is not None and hasattr(embedder, "score") and hasattr(embedder, "embed_image_bytes")
+        if not (multi or single):
+            from pipelines.retrieve import embedders_with
+
+            name = getattr(embedder, "name", "?")
+            raise RerankerUnavailable(
+                f"reranker 'model-score' needs an embedder with an image-text score; {name!r} has none "
+                f"(use --embedder {' or '.join(embedders_with('image')) or 'clip'})"
+            )
+        if context.store is None:
+            raise RerankerUnavailable("reranker 'model-score' needs the database's image_blobs table")
+        from pipelines.store import IMAGE_BLOBS
+
+        shas = [h.image_sha256 for h in candidates if h.image_sha256]
+        blobs_table = context.store.read_where(IMAGE_BLOBS, ["sha256", "data"], "sha256", shas)
+        blobs = {} if "data" not in blobs_table.column_names else dict(
+            zip(blobs_table.column("sha256").to_pylist(), blobs_table.column("data").to_pylist())
+        )
+        scorable = [h for h in candidates if h.image_sha256 in blobs]
+        if not scorable:
+            return []
+        data = [blobs[h.image_sha256] for h in scorable]
+        try:
+            if multi:
+                scores = embedder.itm_score(context.query_vector, embedder.embed_image_bytes_multi(data, context.image_config))
+            else:
+                scores = embedder.score(context.query_vector, embedder.embed_image_bytes(data, context.image_config))
+        except ValueError as exc:
+            raise RerankError(f"reranker 'model-score': {exc}") from None
+        return rerank_by_scores(scorable, np.asarray(scores).reshape(-1).tolist(), k=k)
+
+
+def reranker_needs() -> dict[str, str]:
+    """What each reranker needs, by name (for help texts)."""
+    return {
+        "none": NoReranker.needs,
+        "hybrid": HybridReranker.needs,
+        "llm": "search.llm_base_url: an OpenAI-compatible endpoint with logprobs",
+        "cross-encoder": "search.cross_encoder_model: a local CrossEncoder directory or cached hub id",
+        "model-score": ModelScoreReranker.needs,
+    }
+
+
+def create_reranker(name: str, cfg: SearchConfig, *, scorer: RelevanceScorer | None = None) -> Reranker:
+    """The reranker ``name`` configured from ``cfg``; ``scorer`` replaces the llm/cross-encoder scorer (tests).
+
+    Raises :class:`RerankerUnavailable` naming the missing setting.
+    """
+    if name == "none":
+        return NoReranker()
+    if name == "hybrid":
+        return HybridReranker(rrf_k=cfg.rrf_k, auto_index=cfg.fts_auto_index)
+    if name == "llm":
+        if scorer is None:
+            if not cfg.llm_base_url:
+                raise RerankerUnavailable(
+                    "reranker 'llm' needs search.llm_base_url: an OpenAI-compatible endpoint with logprobs "
+                    "(e.g. --llm-url http://127.0.0.1:8080/v1)"
+                )
+            api_key = os.environ.get(cfg.llm_api_key_env) if cfg.llm_api_key_env else None
+            scorer = OpenAIChatRelevanceScorer(
+                cfg.llm_base_url, cfg.llm_model, api_key=api_key, timeout_s=cfg.llm_timeout_s,
+                concurrency=cfg.llm_concurrency,
+            )
+        return ScorerReranker("llm", scorer, "an OpenAI-compatible chat endpoint with logprobs")
+    if name == "cross-encoder":
+        if scorer is None:
+            if not cfg.cross_encoder_model:
+                raise RerankerUnavailable(
+                    "reranker 'cross-encoder' needs search.cross_encoder_model: a local CrossEncoder directory or a "
+                    "Hugging Face id in the local cache (--cross-encoder PATH)"
+                )
+            scorer = CrossEncoderScorer(cfg.cross_encoder_model)
+        return ScorerReranker("cross-encoder", scorer, "a CrossEncoder model")
+    if name == "model-score":
+        return ModelScoreReranker()
+    raise RerankerUnavailable(f"unknown reranker {name!r}; rerankers: {', '.join(RERANKERS)}")
