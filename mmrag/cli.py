@@ -191,6 +191,8 @@ def _open_existing_store(cfg: MmragConfig):
 # --- sub-command modules are mounted here, one line each (keep imports light: heavy ones go inside commands) ---
 from mmrag import cli_llm; app.command("ask")(cli_llm.ask); app.add_typer(cli_llm.llm_app, name="llm")  # noqa: E402,E702
 from mmrag.cli_search import register as _register_search; _register_search(app)  # noqa: E402,E702
+from eval.cli import eval_app; app.add_typer(eval_app, name="eval")  # noqa: E402,E702
+from eval.cli import register_top as _register_eval_top; _register_eval_top(app)  # noqa: E402,E702 - `mmrag report`, `mmrag main`
 
 
 def main() -> None:  # pragma: no cover - console script shim

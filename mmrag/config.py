@@ -201,6 +201,28 @@ class OpsConfig(_Section):
     # --- ops settings: add fields below this line ---
 
 
+class EvalConfig(_Section):
+    """Retrieval evaluation: eval runs, their results and the CI gate. Owned by eval/."""
+
+    queries: str = Field("data/eval/sample.jsonl", description="eval set (JSON Lines) of `mmrag eval run` without --queries")
+    target: Literal["text", "images", "both"] = Field(
+        "both", description="targets searched and scored in an eval run (overrides search.target there)"
+    )
+    cutoffs: list[int] = Field([1, 3, 5, 10], min_length=1, description="k of the metric@k columns (recall, precision, nDCG, hit rate)")
+    out_dir: str = Field("reports/runs", description="eval runs are written to <out_dir>/<run_id>/")
+    history_uri: str | None = Field(None, description="LanceDB holding the eval_history table; default: the index database")
+    tag_versions: bool = Field(True, description="tag the index table versions an eval run read eval-<run_id>, so they are kept")
+    stat_test: Literal["student", "fisher"] = Field(
+        "student", description="paired test of the gate and comparisons: student (paired t-test) or fisher (randomization)"
+    )
+    max_p: float = Field(0.05, gt=0, lt=1, description="a difference is significant when p < max_p")
+    tolerance: float = Field(0.02, ge=0, description="gate: a metric may drop this much (absolute) before it can fail")
+    n_permutations: int = Field(1000, ge=100, description="fisher test: random permutations")
+    random_seed: int = Field(
+        42, description="fisher test: seed given to ranx (its parallel sampler is not bit-reproducible: p-values vary ~±0.02)"
+    )
+
+
 class MmragConfig(BaseSettings):
     """All settings of one mmrag invocation."""
 
@@ -216,6 +238,7 @@ class MmragConfig(BaseSettings):
     search: SearchConfig = SearchConfig()
     llm: LlmConfig = LlmConfig()
     ops: OpsConfig = OpsConfig()
+    eval: EvalConfig = EvalConfig()
     page_batch: int = Field(64, ge=1, le=100_000, description="pages fetched, embedded and committed together")
     strict: bool = Field(False, description="exit non-zero when any item failed, not only when nothing was indexed")
     progress: bool | None = Field(None, description="progress bars; default: only on a terminal and not under CI")

@@ -1,0 +1,427 @@
+"""``mmrag eval …``: check, derive, run, baseline and gate (the typer app :data:`eval_app`, mounted in mmrag/cli.py).
+
+Exit codes: 0 ok; 1 the check or gate found a problem (unmatched labels, a significant drop); 2 the
+command could not run (bad arguments, eval set or baseline, missing database, fingerprint mismatch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from mmrag.cli import ConfigOption, DbOption, JsonOption, build_config, emit_json, fail, prepare_prefect_environment
+
+eval_app = typer.Typer(
+    name="eval",
+    help="Evaluate retrieval: check labels, derive query sets, run, baseline and gate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EmbedderOption = Annotated[Optional[str], typer.Option("--embedder", help="embedder whose tables are evaluated (default from config)")]
+ChunkingOption = Annotated[Optional[str], typer.Option("--chunking", help="chunk table's chunking: paragraph | window | tokens")]
+
+
+def _load_entries(path: Path | str):
+    from eval.evalset import EvalSetError, load_evalset
+
+    try:
+        return load_evalset(path)
+    except EvalSetError as exc:
+        for line in exc.errors[:-1]:
+            typer.echo(f"mmrag: error: {line}", err=True)
+        fail(exc.errors[-1])
+        raise  # unreachable
+
+
+def _require_db(cfg) -> None:
+    if "://" not in cfg.store.db_uri and not Path(cfg.store.db_uri).is_dir():
+        fail(f"--db: no database at {cfg.store.db_uri} (run `mmrag index SOURCE…` first)")
+
+
+def _with_target(cfg, target: str):
+    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"target": target})})
+
+
+@eval_app.command("check")
+def check(
+    queries: Annotated[Path, typer.Argument(help="eval set (JSON Lines)")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+    json_output: JsonOption = False,
+    embedder: EmbedderOption = None,
+    chunking: ChunkingOption = None,
+) -> None:
+    """Validate QUERIES against the index: list every label that matches nothing (exit 1 when any)."""
+    cfg = build_config(config, {"store.db_uri": db, "embed.name": embedder, "chunking.strategy": chunking})
+    entries = _load_entries(queries)
+    _require_db(cfg)
+    from eval.labels import label_entries, unmatched_labels
+    from eval.run import open_index
+    from pipelines.retrieve import SearchError, Searcher
+
+    wants_text = any(e.relevant for e in entries)
+    wants_images = any(e.relevant_images for e in entries)
+    cfg = _with_target(cfg, "both" if wants_text and wants_images else ("text" if wants_text else "images"))
+    try:
+        snapshot = open_index(Searcher(cfg), cfg)
+    except SearchError as exc:
+        fail(str(exc))
+        return
+    labels = label_entries(entries, snapshot.corpus)
+    bad = unmatched_labels(labels)
+    n_labels = sum(len(e.relevant) + len(e.relevant_images) for e in entries)
+    if json_output:
+        emit_json(
+            {
+                "queries": str(queries), "entries": len(entries), "labels": n_labels, "tables": snapshot.tables,
+                "unmatched": [{"query_id": m.entry_id, "target": m.target, "label": m.index, "label_value": m.label,
+                               "reason": m.reason} for m in bad],
+                "relevant": {qid: {t: len(ids) for t, ids in lab.relevant.items()} for qid, lab in labels.items()},
+            }
+        )
+    else:
+        tables = ", ".join(f"{name} ({'chunks' if t == 'text' else 'images'})" for t, name in snapshot.tables.items())
+        typer.echo(f"checked {len(entries)} entries, {n_labels} labels against {tables}")
+        for m in bad:
+            typer.echo(f"  {m.entry_id}: {m.target} label {m.index}: {m.reason}")
+        typer.echo(f"{len(bad)} of {n_labels} labels match nothing" if bad else "every label matches")
+    raise typer.Exit(1 if bad else 0)
+
+
+@eval_app.command("derive")
+def derive(
+    out: Annotated[Path, typer.Option("--out", help="eval set to write (JSON Lines)")],
+    kind: Annotated[Optional[list[str]], typer.Option("--kind", help="caption (caption→image) | heading (heading→section); repeatable, default both")] = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+    json_output: JsonOption = False,
+    embedder: EmbedderOption = None,
+    chunking: ChunkingOption = None,
+) -> None:
+    """Build caption→image and heading→section query sets from the index, warning about leakage."""
+    from eval.derive import KINDS, derive_entries
+    from eval.evalset import dump_evalset
+    from pipelines.store import chunks_table_name, images_table_name
+
+    kinds = list(kind or KINDS)
+    for k in kinds:
+        if k not in KINDS:
+            fail(f"--kind: unknown kind {k!r} (use caption or heading)")
+    cfg = build_config(config, {"store.db_uri": db, "embed.name": embedder, "chunking.strategy": chunking})
+    _require_db(cfg)
+    from pipelines.store import IndexStore
+
+    index_store = IndexStore(cfg.store.db_uri)
+    label = cfg.search.table_embedder or cfg.embed.name
+    chunk_table, image_table = chunks_table_name(label, cfg.chunking.key()), images_table_name(label)
+    chunks: list[dict[str, Any]] = []
+    images: list[dict[str, Any]] = []
+    if "heading" in kinds or "caption" in kinds:
+        if not index_store.has_table(chunk_table):
+            fail(f"no table {chunk_table} in {cfg.store.db_uri} (index with --embedder {label} --chunking {cfg.chunking.strategy})")
+        chunks = index_store.open_table(chunk_table).to_lance().to_table(
+            columns=["doc_url", "section_path", "position", "char_start", "text"]).to_pylist()
+    if "caption" in kinds:
+        if not index_store.has_table(image_table):
+            fail(f"no table {image_table} in {cfg.store.db_uri}")
+        images = index_store.open_table(image_table).to_lance().to_table(
+            columns=["id", "doc_url", "src_url", "position", "caption", "surrogate_text", "vector_source"]).to_pylist()
+    entries, report = derive_entries(chunks, images, kinds=kinds, embedder=label)
+    if not entries:
+        fail("nothing to derive: the index has no captions or section headings")
+    dump_evalset(entries, out)
+    counts = {k: sum(e.kind == k for e in entries) for k in kinds}
+    if json_output:
+        emit_json({"out": str(out), "entries": len(entries), "kinds": counts,
+                   "leakage": {k: v for k, v in report.items() if k != "warnings"}, "warnings": report["warnings"]})
+    else:
+        typer.echo(f"wrote {len(entries)} entries to {out} ({', '.join(f'{n} {k}' for k, n in counts.items())})")
+    for warning in report["warnings"]:
+        typer.echo(f"mmrag: warning: {warning}", err=True)
+
+
+@eval_app.command("run")
+def run(
+    queries: Annotated[Optional[Path], typer.Option("--queries", help="eval set (JSON Lines); default eval.queries")] = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+    json_output: JsonOption = False,
+    target: Annotated[Optional[str], typer.Option("--target", help="text | images | both (default: both)")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", min=1, help="hits per target (default: search.text_k / image_k)")] = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", help="minimum score (softmax score, or cosine in cosine mode)")] = None,
+    mode: Annotated[Optional[str], typer.Option("--mode", help="softmax | cosine")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="softmax temperature of both targets")] = None,
+    reranker: Annotated[Optional[str], typer.Option("--reranker", help="none | hybrid | llm | cross-encoder | model-score")] = None,
+    embedder: EmbedderOption = None,
+    chunking: ChunkingOption = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="parent of the run directory (default: reports/runs)")] = None,
+) -> None:
+    """Evaluate one retrieval setting through the `evaluate` flow; writes <out>/<run_id>/ and appends eval_history."""
+    overrides: dict[str, Any] = {
+        "store.db_uri": db, "embed.name": embedder, "chunking.strategy": chunking, "eval.target": target,
+        "eval.queries": str(queries) if queries else None, "eval.out_dir": str(out) if out else None,
+        "search.mode": mode, "search.reranker": reranker, "search.text_k": k, "search.image_k": k,
+        "search.text_temperature": temperature, "search.image_temperature": temperature,
+    }
+    cfg = build_config(config, overrides)
+    if threshold is not None:
+        fields = ["search.cosine_threshold"] if cfg.search.mode == "cosine" else ["search.text_threshold", "search.image_threshold"]
+        cfg = build_config(config, {**overrides, **{f: threshold for f in fields}})
+    from eval.metrics import metric_names
+
+    try:
+        metric_names(cfg.eval.cutoffs)
+    except ValueError as exc:
+        fail(f"eval.cutoffs: {exc}")
+    entries_path = Path(cfg.eval.queries)
+    _load_entries(entries_path)  # fail fast, one line per bad entry
+    _require_db(cfg)
+    prepare_prefect_environment()
+    from flows.evaluate import run_evaluate
+    from pipelines.retrieve import SearchError
+
+    try:
+        summary = run_evaluate(entries_path, cfg, out_dir=cfg.eval.out_dir)
+    except SearchError as exc:
+        fail(str(exc))
+        return
+    if json_output:
+        report_path = _write_run_report(summary["run_dir"], cfg.store.db_uri)
+        emit_json({**summary, "report": str(report_path) if report_path else None})
+        return
+    metrics = summary["metrics"]
+    show = [m for m in ("recall@1", "recall@5", "recall@10", "ndcg@10", "hit_rate@5", "mrr") if m in metrics] or metrics[:6]
+    typer.echo(f"eval run {summary['run_id']} -> {summary['run_dir']}")
+    typer.echo(f"  {'target':<7}{'kind':<10}{'n':>4}" + "".join(f"{m:>11}" for m in show))
+    rows = [(t, "all", v) for t, v in summary["overall"].items()]
+    rows += [(t, kind, v) for kind, per_target in summary["by_kind"].items() for t, v in per_target.items()]
+    for t, kind, values in rows:
+        typer.echo(f"  {t:<7}{kind:<10}{values['n_queries']:>4}" + "".join(f"{values[m]:>11.3f}" for m in show))
+    if summary["unmatched"]:
+        typer.echo(f"mmrag: warning: {len(summary['unmatched'])} labels match nothing and were not scored "
+                   f"(see `mmrag eval check {entries_path}`)", err=True)
+    if summary["skipped"]:
+        typer.echo(f"mmrag: warning: {len(summary['skipped'])} queries skipped: {summary['skipped'][0]['reason']}", err=True)
+    report_path = _write_run_report(summary["run_dir"], cfg.store.db_uri)
+    if report_path is not None:
+        typer.echo(f"report: {report_path.resolve()}")
+
+
+@eval_app.command("baseline")
+def baseline(
+    run_dir: Annotated[Path, typer.Option("--run", help="eval run directory")],
+    out: Annotated[Path, typer.Option("--out", help="baseline file to write (e.g. eval/baselines/NAME.json)")],
+    json_output: JsonOption = False,
+) -> None:
+    """Write a baseline (fingerprints, setting, aggregates, per-query values) from an eval run."""
+    from eval.gate import write_baseline
+
+    try:
+        path = write_baseline(run_dir, out)
+    except ValueError as exc:
+        fail(str(exc))
+        return
+    if json_output:
+        emit_json({"baseline": str(path), "run": str(run_dir)})
+    else:
+        typer.echo(f"wrote baseline {path} from {run_dir}")
+
+
+@eval_app.command("gate")
+def gate(
+    run_dir: Annotated[Path, typer.Option("--run", help="eval run directory")],
+    baseline_file: Annotated[Path, typer.Option("--baseline", help="baseline file (mmrag eval baseline)")],
+    metric: Annotated[list[str], typer.Option("--metric", help="gated metric, e.g. recall@5 or text:ndcg@10 (repeatable)")],
+    tolerance: Annotated[Optional[float], typer.Option("--tolerance", min=0, help="allowed absolute drop (default 0.02)")] = None,
+    max_p: Annotated[Optional[float], typer.Option("--max-p", help="significance level (default 0.05)")] = None,
+    stat_test: Annotated[Optional[str], typer.Option("--stat-test", help="student (paired t-test) | fisher (randomization)")] = None,
+    config: ConfigOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Exit 1 when a gated metric dropped by more than the tolerance and significantly (p < max-p)."""
+    cfg = build_config(config, {"eval.tolerance": tolerance, "eval.max_p": max_p, "eval.stat_test": stat_test})
+    from eval.gate import FingerprintMismatch, GateError, check_gate, format_gate_table, load_baseline
+    from eval.results import load_run
+
+    try:
+        record = load_run(run_dir)
+        base = load_baseline(baseline_file)
+        result = check_gate(
+            record, base, metric, tolerance=cfg.eval.tolerance, max_p=cfg.eval.max_p, stat_test=cfg.eval.stat_test,
+            n_permutations=cfg.eval.n_permutations, random_seed=cfg.eval.random_seed,
+        )
+    except FingerprintMismatch as exc:
+        fail(str(exc))
+        return
+    except (GateError, ValueError, KeyError) as exc:
+        fail(str(exc).strip("'\""))
+        return
+    if json_output:
+        emit_json({"run": str(run_dir), "baseline": str(baseline_file), **result.to_dict()})
+    else:
+        typer.echo(f"run {record.run_id} vs baseline {baseline_file} (from run {base.get('run_id')})")
+        typer.echo(format_gate_table(result))
+    raise typer.Exit(1 if result.failed else 0)
+
+
+# --------------------------------------------------------------------------- reports and sweeps (part B)
+
+
+def report_module():
+    """``reports.report``, importable also when the installed package list does not include ``reports``."""
+    try:
+        from reports import report
+    except ImportError:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from reports import report
+    return report
+
+
+def _write_run_report(run_dir: str | Path, db_uri: str | None = None) -> Path | None:
+    try:
+        return report_module().write_report(run_dir, db_uri=db_uri)
+    except Exception as exc:  # noqa: BLE001 - the run is written; a report failure must not lose it
+        typer.echo(f"mmrag: warning: report not written: {exc}", err=True)
+        return None
+
+
+def report_command(
+    run_dir: Annotated[Path, typer.Argument(help="eval run or sweep directory")],
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="run directory to compare against (default: none; sweeps: best setting)")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="HTML file to write (default: RUN_DIR/index.html)")] = None,
+    db: DbOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Write one self-contained HTML report (opens offline) of an eval run or sweep."""
+    try:
+        path = report_module().write_report(run_dir, out=out, baseline_dir=baseline, db_uri=db)
+    except ValueError as exc:
+        fail(str(exc))
+        return
+    if json_output:
+        emit_json({"report": str(path), "run": str(run_dir)})
+    else:
+        typer.echo(f"report: {path.resolve()}")
+
+
+@eval_app.command("sweep")
+def sweep(
+    grid: Annotated[Path, typer.Option("--grid", help="grid file (YAML/JSON): k, threshold, temperature, mode, reranker, embedder, chunking, chunk_size")] = Path("eval/grids/sample.yaml"),
+    queries: Annotated[Optional[Path], typer.Option("--queries", help="eval set (JSON Lines); default eval.queries")] = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+    json_output: JsonOption = False,
+    source: Annotated[Optional[list[str]], typer.Option("--source", help="sources indexed for tables the grid needs (default data/sample/)")] = None,
+    index: Annotated[bool, typer.Option("--index/--no-index", help="run the indexer once per (embedder, chunking) even when tables exist")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="parent of the run directory (default: reports/runs)")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="text | images | both (default: both)")] = None,
+    report_out: Annotated[Optional[Path], typer.Option("--report", help="also copy the HTML report here (e.g. reports/latest/index.html)")] = None,
+) -> None:
+    """Evaluate every setting of a grid (indexes built once, queries embedded once); writes one run directory + report."""
+    from eval.sweep import GridError, expand_grid, load_grid, point_config
+
+    cfg = build_config(config, {"store.db_uri": db, "eval.target": target, "eval.queries": str(queries) if queries else None,
+                                "eval.out_dir": str(out) if out else None})
+    try:
+        grid_data = load_grid(grid)
+        for point in expand_grid(grid_data):
+            point_config(cfg, point)
+    except GridError as exc:
+        fail(str(exc))
+        return
+    except ValueError as exc:  # pydantic ValidationError: a grid value out of range
+        fail(f"{grid}: {str(exc).splitlines()[0]} {str(exc).splitlines()[-1] if len(str(exc).splitlines()) > 1 else ''}".strip())
+        return
+    entries_path = Path(cfg.eval.queries)
+    _load_entries(entries_path)
+    prepare_prefect_environment()
+    from flows.sweep import run_sweep_flow
+    from pipelines.retrieve import SearchError
+
+    try:
+        summary = run_sweep_flow(entries_path, grid_data, cfg, sources=list(source or ["data/sample/"]), index=index,
+                                 out_dir=cfg.eval.out_dir)
+    except SearchError as exc:
+        fail(str(exc))
+        return
+    if report_out and summary["report"]:
+        import shutil
+
+        Path(report_out).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(summary["report"], report_out)
+        summary["report_copy"] = str(report_out)
+    if json_output:
+        emit_json({k: v for k, v in summary.items() if k != "rows"} | {"n_settings": len(summary["rows"])})
+        return
+    typer.echo(f"sweep {summary['run_id']}: {len(summary['rows'])} settings -> {summary['run_dir']}")
+    for b in summary["best"]:
+        typer.echo(f"  best {b['metric']:<16} {b['value']:.3f}  {b['setting_id']}  "
+                   f"(significantly better than {b['wins']} of {b['wins'] + b['losses'] + b['ties']} others)")
+    typer.echo(f"  timings: {summary['timings_s']}")
+    if summary["report"]:
+        typer.echo(f"report: {Path(report_out or summary['report']).resolve()}")
+
+
+@eval_app.command("answers")
+def answers(
+    llm: Annotated[list[str], typer.Option("--llm", help="BACKEND:MODEL, repeatable (e.g. llamacpp:qwen2.5-0.5b, ollama:llama3.2-vision)")],
+    queries: Annotated[Optional[Path], typer.Option("--queries", help="eval set (JSON Lines); default eval.queries")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option("--run", help="answer from this eval run's hits instead of a new eval run")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="answer only the first N text queries")] = None,
+    judge: Annotated[Optional[str], typer.Option("--judge", help="OpenAI-compatible judge URL for faithfulness / answer relevancy (not implemented yet)")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=8, help="answer length budget (default llm.max_tokens)")] = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+    json_output: JsonOption = False,
+    k: Annotated[Optional[int], typer.Option("--k", min=1, help="text hits retrieved (default search.text_k)")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="parent of the run directory (default: reports/runs)")] = None,
+) -> None:
+    """Generate answers with each --llm from retrieved contexts and score them (ROUGE, BLEU, chrF, similarity, context P/R)."""
+    if judge:
+        fail("--judge: LLM-judged metrics (faithfulness, answer relevancy) are not implemented yet")
+    cfg = build_config(config, {"store.db_uri": db, "eval.queries": str(queries) if queries else None, "eval.target": "text",
+                                "eval.out_dir": str(out) if out else None, "search.text_k": k, "llm.max_tokens": max_tokens})
+    entries_path = Path(cfg.eval.queries)
+    entries = _load_entries(entries_path)
+    from eval.answers import answer_run_dir, answer_summary
+    from pipelines.embed import create_embedder
+
+    if run_dir is None:
+        _require_db(cfg)
+        prepare_prefect_environment()
+        from flows.evaluate import run_evaluate
+        from pipelines.retrieve import SearchError
+
+        try:
+            run_dir = Path(run_evaluate(entries_path, cfg, out_dir=cfg.eval.out_dir)["run_dir"])
+        except SearchError as exc:
+            fail(str(exc))
+            return
+    embedder = create_embedder(cfg.embed)
+    rows = answer_run_dir(run_dir, entries, cfg, llm, limit=limit, embed=embedder.embed_texts,
+                          log=lambda m: typer.echo(m, err=True))
+    summary = answer_summary(rows)
+    report_path = _write_run_report(run_dir, cfg.store.db_uri)
+    if json_output:
+        emit_json({"run_dir": str(run_dir), "answers": str(Path(run_dir) / "answers.parquet"), "summary": summary,
+                   "report": str(report_path) if report_path else None})
+        return
+    typer.echo(f"answers -> {Path(run_dir) / 'answers.parquet'}")
+    for name, stats in summary.items():
+        typer.echo(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+    if report_path is not None:
+        typer.echo(f"report: {report_path.resolve()}")
+
+
+def register_top(app: typer.Typer) -> None:
+    """Mount the top-level commands of part B on the main app: ``mmrag report`` and ``mmrag main``."""
+    app.command("report")(report_command)
+    from eval.main import main_command
+
+    app.command("main")(main_command)

@@ -1,0 +1,150 @@
+"""The HTML report: pure building blocks, autoescaping, and a real headless browser (Debian's chromium + Playwright)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from eval.results import append_history, history_row, write_run
+from reports.report import (
+    answer_table,
+    collect_report_data,
+    metric_table,
+    render_report,
+    significance_marker,
+    sweep_figures,
+    write_report,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+from fakes import fake_result  # noqa: E402
+
+INJECTED = '<script>window.__injected = 1; document.title = "pwned";</script>'
+PNG_1PX = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8ffff3f0005fe02fea73581e40000000049454e44ae426082"
+)
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _index_db(path: Path) -> None:
+    import lancedb
+
+    db = lancedb.connect(str(path))
+    db.create_table("image_blobs", pa.table({"sha256": ["s" * 64], "thumbnail_png": pa.array([PNG_1PX], pa.binary())}))
+    db.create_table("documents", pa.table({
+        "url": ["file:///x/a.html", "http://bad.example/b"], "status": ["ok", "fetch_error"],
+        "error": [None, "HTTP 500 <b>boom</b>"], "http_status": pa.array([200, 500], pa.int32())}))
+    db.create_table("images__minilm", pa.table({
+        "doc_url": ["file:///x/a.html"], "src_url": ["file:///x/missing.png"], "status": ["not_found"],
+        "error": ["no such file"], "http_status": pa.array([None], pa.int32())}))
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    """A sweep-like run directory with an injected <script> chunk, an image hit, answers, history and a failing index."""
+    db = tmp_path / "db"
+    _index_db(db)
+    result = fake_result([1.0, 0.0, 1.0, 0.5, 1.0, 0.0], run_id="sweep-1")
+    result.setting["tables"]["image"] = "images__minilm"
+    result.hits[0]["text"] = f"before {INJECTED} after"
+    result.hits.append({**result.hits[0], "target": "image", "rank": 1, "id": "img1", "text": "a caption",
+                        "image_sha256": "s" * 64, "src_url": "file:///x/fig.png", "relevant": True})
+    out = write_run(result, tmp_path / "runs", db_uri=str(db), tag_versions=False)
+    manifest = json.loads((out / "run.json").read_text())
+    append_history(str(db), history_row(manifest, result.summary["overall"], out))
+    rows = [{"setting_id": f"k={k},temperature={t}", "mode": "softmax", "text_k": k, "text_temperature": t,
+             "text_threshold": th, "text_recall@1": 0.1 * k * t, "text_recall@5": 0.2 * k * t + th,
+             "text_recall@10": 0.3 * k * t, "text_mrr": 0.5}
+            for k in (3, 5) for t in (0.1, 0.5) for th in (0.0, 0.01)]
+    pq.write_table(pa.Table.from_pylist(rows), out / "sweep.parquet")
+    (out / "sweep.json").write_text(json.dumps({
+        "primary_metric": "text_recall@5", "best_setting_id": rows[-1]["setting_id"],
+        "setting_columns": ["mode", "text_k", "text_temperature", "text_threshold"],
+        "best": [{"metric": "text_recall@5", "setting_id": rows[-1]["setting_id"], "value": 0.51, "wins": 3,
+                  "losses": 0, "ties": 4}]}))
+    answers = [{"query_id": e.id, "llm": llm, "query": e.query, "answer": f"{llm} says {INJECTED}" if i == 0 else "ok",
+                "error": "timeout" if (llm == "b" and i == 1) else None, "latency_s": 1.5, "rouge_l": 0.4,
+                "tokens_in": 100, "tokens_out": 20} for i, e in enumerate(result.entries) for llm in ("a", "b")]
+    pq.write_table(pa.Table.from_pylist(answers), out / "answers.parquet")
+    return out
+
+
+def test_significance_marker():
+    assert significance_marker(0.1, 0.01) == "▲"
+    assert significance_marker(-0.1, 0.01) == "▼"
+    assert significance_marker(0.1, 0.5) == "·"
+    assert significance_marker(0.0, 1.0) == ""
+
+
+def test_metric_table_marks_a_significant_drop_against_the_baseline():
+    base = fake_result([1.0] * 12).per_query
+    worse = fake_result([0.0] * 11 + [1.0]).per_query
+    table = metric_table(fake_result([0.0] * 11 + [1.0]).aggregates, ["recall@10"], per_query=worse, baseline_per_query=base)
+    overall = next(r for r in table["rows"] if r["kind"] == "all")
+    assert table["has_baseline"] and overall["cells"][0]["marker"] == "▼"
+
+
+def test_sweep_figures_and_answer_table():
+    rows = [{"setting_id": str(i), "mode": "softmax", "text_k": k, "text_temperature": t, "text_threshold": th,
+             "text_recall@5": 0.5, "text_recall@10": 0.6} for i, (k, t, th) in enumerate([(3, 0.1, 0), (5, 0.1, 0.01), (3, 0.5, 0)])]
+    titles = [f["title"] for f in sweep_figures(rows)]
+    assert titles == ["k × temperature", "threshold curves", "recall@k curves"]
+    assert sweep_figures([]) == []
+    table = answer_table([{"query_id": "q", "llm": "a", "answer": "x", "error": None, "latency_s": 2.0},
+                          {"query_id": "q", "llm": "b", "answer": "", "error": "boom", "latency_s": None}])
+    assert table["models"] == ["a", "b"] and table["failures"] == {"a": 0, "b": 1} and table["means"]["a"]["latency_s"] == 2.0
+
+
+def test_report_escapes_article_text_and_collects_everything(run_dir):
+    data = collect_report_data(run_dir)
+    assert data["thumbnails"] and len(data["failures"]) == 2 and len(data["history"]) == 1
+    html = render_report(data, plotly_js="/* plotly */")
+    assert INJECTED not in html
+    assert "&lt;script&gt;window.__injected = 1;" in html
+    assert "HTTP 500 &lt;b&gt;boom&lt;/b&gt;" in html
+    assert "data:image/png;base64," in html and "sweep-1" in html
+
+
+def test_report_opens_offline_in_headless_chromium(run_dir, tmp_path):
+    """Plots render, the drill-down expands, injected script text shows as text and never runs; screenshot saved."""
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download needed)")
+    if not Path(CHROMIUM).is_file() or shutil.which(CHROMIUM) is None:
+        pytest.skip(f"{CHROMIUM} missing: apt-get install -y chromium")
+    path = write_report(run_dir)
+    assert path == run_dir / "index.html"
+    errors: list[str] = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 2000})
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(("file:", "data:")) else route.abort())
+        page.goto(path.as_uri())
+        page.wait_for_selector(".main-svg", timeout=30_000)
+        assert page.locator(".js-plotly-plot").count() >= 3  # heatmap, threshold curves, recall@k (+ history)
+        first = page.locator("details.query").first
+        assert first.evaluate("d => d.open") is False
+        first.locator("summary").click()
+        assert first.evaluate("d => d.open") is True
+        assert INJECTED in first.inner_text()
+        assert page.evaluate("window.__injected") is None and page.title() != "pwned"
+        page.click("#expand-all")
+        assert page.locator("details.query[open]").count() == page.locator("details.query").count()
+        thumb = page.locator("div.thumb").first
+        assert thumb.evaluate("d => getComputedStyle(d).backgroundImage").startswith('url("data:image/png;base64,')
+        page.evaluate("window.scrollTo(0, 0)")
+        shot = tmp_path / "report.png"
+        page.screenshot(path=str(shot), full_page=False)
+        browser.close()
+    assert errors == []
+    assert shot.stat().st_size > 1000
+    print(f"screenshot: {shot}")
