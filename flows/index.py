@@ -7,6 +7,11 @@ the batch size and an interrupted run keeps every batch it committed.
 
 Within a batch, rows are written in dependency order (image bytes, chunks, images, then the
 ``documents`` rows), so a document is never marked indexed without its chunks.
+
+Re-indexing is incremental (:mod:`pipelines.incremental`): unchanged pages skip parse, images and
+embed; new chunks reuse the stored vector of identical text; pages that are gone (404/410, or no
+longer listed by their sitemap/feed/list/folder) are retired by ``ops.gone_policy``. A run holds the
+database's write lock (:mod:`pipelines.guard`); ``ops.task_runner`` picks threads or Dask.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import base64
 import binascii
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from urllib.parse import unquote, urlparse
@@ -28,7 +34,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from mmrag.config import MmragConfig
 from mmrag.progress import Progress
 from mmrag.records import Chunk, FetchResult, ParsedDocument, sha256_hex
-from pipelines import rows, store
+from pipelines import guard, incremental, rows, store
 from pipelines.chunk import chunk_document
 from pipelines.embed import Embedder, create_embedder, embed_in_batches
 from pipelines.fetch import Fetcher
@@ -73,6 +79,19 @@ def fetch_page(target: PageTarget, fetcher: Fetcher) -> FetchResult:
     if target.local_path:
         return fetcher.fetch_local(target.local_path)
     return fetcher.fetch(target.url, kind="page")
+
+
+@task(name="fetch-pages", task_run_name="fetch-pages {targets[0].url} +{extra}", cache_policy=NO_CACHE)
+def fetch_pages(targets: list[PageTarget], fetcher: Fetcher, workers: int, extra: int = 0) -> list[FetchResult]:
+    """Fetch a group of pages on ``workers`` threads (the fetcher's global and per-host limits still hold).
+
+    One task per group rather than per page: a Prefect task run costs ~20 ms of CPU here, as much as
+    a conditional GET, so an incremental re-index of unchanged pages would be bound by task overhead.
+    """
+    if len(targets) == 1 or workers <= 1:
+        return [fetch_page.fn(t, fetcher) for t in targets]
+    with ThreadPoolExecutor(max_workers=min(workers, len(targets))) as pool:
+        return list(pool.map(lambda t: fetch_page.fn(t, fetcher), targets))
 
 
 @task(name="fetch-images", task_run_name="fetch-images {doc.url}", cache_policy=NO_CACHE)
@@ -161,10 +180,23 @@ def embed_texts(texts: list[str], embedder: Embedder, batch_size: int, progress:
 
 
 @flow(name="index", log_prints=False, validate_parameters=False)
-def index_flow(sources: list[str], config: MmragConfig, run_id: str | None = None) -> dict:
-    """Index ``sources`` into the LanceDB database of ``config.store.db_uri``; returns the summary dict."""
-    logger = get_run_logger()
+def index_flow(sources: list[str], config: MmragConfig | dict | None = None, run_id: str | None = None) -> dict:
+    """Index ``sources`` into the LanceDB database of ``config.store.db_uri``; returns the summary dict.
+
+    ``config`` may be a plain dict (deployment parameters) or None (defaults and ``MMRAG_*`` variables).
+    The run holds the database's write lock (:mod:`pipelines.guard`) from start to end; disk-full and
+    permission failures end it with a one-line :class:`~pipelines.guard.StoreWriteError`.
+    """
+    if not isinstance(config, MmragConfig):
+        config = MmragConfig.model_validate(config or {})
     run_id = run_id or new_run_id()
+    with guard.write_errors(config.store.db_uri):
+        with guard.write_lock(config.store.db_uri, config.ops.lock_timeout_s):
+            return _index_run(list(sources), config, run_id)
+
+
+def _index_run(sources: list[str], config: MmragConfig, run_id: str) -> dict:
+    logger = get_run_logger()
     started = datetime.now(timezone.utc)
     summary = IndexSummary(run_id=run_id, sources=list(sources), db_uri=config.store.db_uri,
                            embedder=config.embed.name, chunking=config.chunking.key())
@@ -175,21 +207,38 @@ def index_flow(sources: list[str], config: MmragConfig, run_id: str | None = Non
     chunk_table = store.chunks_table_name(embedder.name, config.chunking.key())
     image_table = store.images_table_name(embedder.name)
 
-    with Fetcher(config.fetch, RawStore(config.store.raw_dir)) as fetcher:
-        with summary.timed("sources"):
-            targets, source_errors = expand_sources_task(list(sources), fetcher)
-        for err in source_errors:
-            summary.add_failure("source", err.source, "source_error", err.message)
-        summary.pages_total = len(targets)
-        logger.info("index run %s: %d pages from %d sources", run_id, len(targets), len(sources))
-        pages_bar = progress.bar("pages", total=len(targets))
-        for start in range(0, len(targets), config.page_batch):
-            batch = targets[start : start + config.page_batch]
-            _index_batch(batch, fetcher, embedder, index_store, chunk_table, image_table, config, summary, progress, run_id)
-            pages_bar.advance(len(batch))
-        pages_bar.close()
+    with Fetcher(config.fetch, RawStore(config.store.raw_dir)) as real_fetcher:
+        fetcher, shared_embedder, handles = _task_arguments(config, real_fetcher, embedder)
+        try:
+            with summary.timed("sources"):
+                targets, source_errors = expand_sources_task(list(sources), fetcher)
+            for err in source_errors:
+                summary.add_failure("source", err.source, "source_error", err.message)
+            summary.pages_total = len(targets)
+            n_batches = -(-len(targets) // config.page_batch)
+            logger.info("index run %s: %d pages from %d sources in %d batches of %d (task runner %s)",
+                        run_id, len(targets), len(sources), n_batches, config.page_batch, config.ops.task_runner)
+            pages_bar = progress.bar("pages", total=len(targets))
+            for number, start in enumerate(range(0, len(targets), config.page_batch), 1):
+                batch = targets[start : start + config.page_batch]
+                before = dict(summary.stage_seconds), summary.to_dict()
+                _index_batch(batch, fetcher, shared_embedder, index_store, chunk_table, image_table, config, summary,
+                             progress, run_id)
+                logger.info("batch %d/%d: %s", number, n_batches, _batch_report(before, summary))
+                pages_bar.advance(len(batch))
+            pages_bar.close()
+            _retire_dropped(sources, targets, source_errors, index_store, chunk_table, image_table, config, summary, run_id)
+        finally:
+            for handle in handles:
+                handle.release()
     progress.stop()
 
+    if config.ops.maintain_after_index:
+        from pipelines import maintenance
+
+        with summary.timed("maintenance"):
+            summary.maintenance = maintenance.run_maintenance(index_store, config.ops)
+        logger.info("maintenance: %s", summary.maintenance)
     written = [t for t in (store.DOCUMENTS, chunk_table, image_table, store.IMAGE_BLOBS) if index_store.has_table(t)]
     summary.tables = index_store.tag_versions(f"index-{run_id}", written)
     summary.elapsed_s = round((datetime.now(timezone.utc) - started).total_seconds(), 3)
@@ -201,6 +250,62 @@ def index_flow(sources: list[str], config: MmragConfig, run_id: str | None = Non
     logger.info("%s", summary.to_text())
     create_markdown_artifact(key="index-summary", markdown=summary.to_markdown(), description=f"index run {run_id}")
     return summary.to_dict()
+
+
+def _task_arguments(config: MmragConfig, fetcher: Fetcher, embedder: Embedder):
+    """The fetcher and embedder as tasks get them: themselves on threads, picklable handles on Dask."""
+    if config.ops.task_runner != "dask":
+        return fetcher, embedder, []
+    from flows.shared import SharedHandle
+
+    handles = [SharedHandle("fetcher", config, fetcher), SharedHandle("embedder", config, embedder)]
+    return handles[0], handles[1], handles
+
+
+_REPORTED = ("pages_ok", "pages_failed", "documents_added", "documents_updated", "documents_unchanged",
+             "documents_deleted", "chunks_embedded", "chunks_vectors_reused", "chunks_deleted", "images_embedded")
+
+
+def _batch_report(before: tuple[dict, dict], summary: IndexSummary) -> str:
+    """One log line: what this batch changed and how long each stage took."""
+    seconds_before, counts_before = before
+    now = summary.to_dict()
+    counts = ", ".join(f"{key} {now[key] - counts_before[key]}" for key in _REPORTED)
+    times = ", ".join(f"{stage} {summary.stage_seconds[stage] - seconds_before.get(stage, 0.0):.2f}s"
+                      for stage in summary.stage_seconds if stage not in ("load_embedder", "sources"))
+    return f"{counts}; {times}"
+
+
+def _embed(texts: list[str], embedder, config: MmragConfig, progress: Progress, label: str) -> np.ndarray:
+    """Embed ``texts`` in tasks of ``ops.embed_task_rows``: in turn on threads (torch uses every core), all at once on Dask."""
+    dimension = embedder.dimension
+    if not texts:
+        return np.empty((0, dimension), dtype=np.float32)
+    size = config.ops.embed_task_rows
+    groups = [texts[i : i + size] for i in range(0, len(texts), size)]
+    if config.ops.task_runner != "dask":
+        return np.concatenate([embed_texts(g, embedder, config.embed.batch_size, progress, label) for g in groups])
+    bar = progress.bar(label, total=len(texts))
+    futures = [embed_texts.submit(g, embedder, config.embed.batch_size, progress, label) for g in groups]
+    parts = []
+    for future in futures:
+        parts.append(future.result())
+        bar.advance(len(parts[-1]))
+    bar.close()
+    return np.concatenate(parts)
+
+
+def _vectors_for(keys: list[str], texts: list[str], table: str, key_column: str, embedder, index_store: store.IndexStore,
+                 config: MmragConfig, progress: Progress, label: str) -> tuple[np.ndarray, int]:
+    """Vectors for ``texts`` (same order), reusing stored ones with the same ``key_column``; returns (vectors, reused)."""
+    if not keys:
+        return np.empty((0, embedder.dimension), dtype=np.float32), 0
+    reusable = index_store.vectors_by_key(table, key_column, keys)
+    todo_keys, todo_texts = incremental.texts_to_embed(keys, texts, reusable)
+    computed = _embed(todo_texts, embedder, config, progress, label)
+    vector_of = {**reusable, **dict(zip(todo_keys, computed))}
+    vectors = np.stack([np.asarray(vector_of[k], dtype=np.float32) for k in keys])
+    return vectors, len(keys) - len(todo_keys)
 
 
 def _index_batch(
@@ -217,28 +322,43 @@ def _index_batch(
 ) -> None:
     now = datetime.now(timezone.utc)
     with summary.timed("fetch"):
-        fetched = [f.result() for f in [fetch_page.submit(t, fetcher) for t in batch]]
+        size = config.ops.fetch_task_pages
+        groups = [list(batch[i : i + size]) for i in range(0, len(batch), size)]
+        futures = [fetch_pages.submit(g, fetcher, config.fetch.concurrency, len(g) - 1) for g in groups]
+        fetched = [r for f in futures for r in f.result()]
+    urls = [t.url for t in batch]
+    previous_docs = index_store.document_rows(urls)
+    stored_chunks = index_store.ids_by_doc(chunk_table, urls, extra=["content_hash"])
+    stored_images = index_store.ids_by_doc(image_table, urls, extra=["surrogate_hash", "status", "src_url", "error"])
+
+    # Incremental: unchanged pages skip parse, images and embed; gone pages are retired by policy.
+    skip_unchanged = config.ops.incremental and not getattr(config.fetch, "reparse_from_raw", False)
+    unchanged, gone, to_parse = [], [], []
+    for target, result in zip(batch, fetched):
+        previous = previous_docs.get(target.url)
+        if skip_unchanged and incremental.is_unchanged(result, previous, len(stored_chunks.get(target.url, {})),
+                                                       len(stored_images.get(target.url, {}))):
+            unchanged.append((target, result))
+        elif config.ops.gone_policy != "keep" and incremental.is_gone(result, previous):
+            gone.append((target, result))
+        else:
+            to_parse.append((target, result))
+
     with summary.timed("parse_chunk"):
-        pages: list[ParsedPage] = [f.result() for f in [parse_page.submit(t, r, embedder, config) for t, r in zip(batch, fetched)]]
+        pages: list[ParsedPage] = [f.result() for f in [parse_page.submit(t, r, embedder, config) for t, r in to_parse]]
     good = [p for p in pages if p.doc is not None]
     with summary.timed("images"):
         image_futures = [fetch_images.submit(p.doc, bool(p.target.local_path), fetcher, config) for p in good]
         occurrences = [occ for f in image_futures for occ in f.result()]
 
-    previous_docs = index_store.document_states(p.target.url for p in pages)
-    good_urls = [p.target.url for p in good]
+    good_urls = {p.target.url for p in good}
 
-    # Chunks: embed only ids not stored yet; drop stored chunks a changed page no longer has.
+    # Chunks: write ids not stored yet, reusing the vector of any stored chunk with the same text.
     chunks = [c for p in good for c in p.chunks]
-    stored_chunks = index_store.ids_by_doc(chunk_table, good_urls)
-    stored_chunk_ids = {cid for ids in stored_chunks.values() for cid in ids}
-    new_chunks = list({c.id: c for c in chunks if c.id not in stored_chunk_ids}.values())
-    live_chunk_ids = {c.id for c in chunks}
-    stale_chunk_ids = stored_chunk_ids - live_chunk_ids
+    plan = incremental.plan_chunks(chunks, {u: rows_ for u, rows_ in stored_chunks.items() if u in good_urls})
 
     # Images: re-embed when the surrogate text or the bytes changed.
-    stored_images = index_store.ids_by_doc(image_table, good_urls, extra=["surrogate_hash", "status"])
-    stored_image_rows = {iid: row for rows_ in stored_images.values() for iid, row in rows_.items()}
+    stored_image_rows = {iid: row for u, rows_ in stored_images.items() if u in good_urls for iid, row in rows_.items()}
     changed_images = list({
         o.id: o for o in occurrences
         if o.id not in stored_image_rows
@@ -248,20 +368,25 @@ def _index_batch(
     stale_image_ids = set(stored_image_rows) - {o.id for o in occurrences}
 
     with summary.timed("embed"):
-        chunk_vectors = embed_texts([c.text for c in new_chunks], embedder, config.embed.batch_size, progress, "embed chunks")
-        image_vectors = embed_texts([o.surrogate_text for o in changed_images], embedder, config.embed.batch_size, progress, "embed images")
+        chunk_vectors, chunks_reused = _vectors_for(
+            [c.content_hash for c in plan.new], [c.text for c in plan.new], chunk_table, "content_hash",
+            embedder, index_store, config, progress, "embed chunks")
+        image_vectors, images_reused = _vectors_for(
+            [o.surrogate_hash for o in changed_images], [o.surrogate_text for o in changed_images], image_table,
+            "surrogate_hash", embedder, index_store, config, progress, "embed images")
 
     with summary.timed("write"):
+        # Order matters for crash safety: content first, then the documents rows that vouch for it.
         blobs = rows.image_blobs_table(changed_images)
         new_blob_keys = set(blobs.column("sha256").to_pylist()) - index_store.existing_keys(
             store.IMAGE_BLOBS, "sha256", blobs.column("sha256").to_pylist())
         index_store.upsert(store.IMAGE_BLOBS, blobs, key="sha256", update=False)
-        if new_chunks:
-            index_store.upsert(chunk_table, rows.chunks_table(new_chunks, chunk_vectors, embedder=embedder.name, run_id=run_id))
+        if plan.new:
+            index_store.upsert(chunk_table, rows.chunks_table(plan.new, chunk_vectors, embedder=embedder.name, run_id=run_id))
         if changed_images:
             index_store.upsert(image_table, rows.images_table(changed_images, image_vectors, embedder=embedder.name,
                                                               vector_source="text_surrogate", run_id=run_id))
-        index_store.delete_where_in(chunk_table, "id", stale_chunk_ids)
+        index_store.delete_where_in(chunk_table, "id", plan.stale)
         index_store.delete_where_in(image_table, "id", stale_image_ids)
         doc_rows = []
         for page in pages:
@@ -272,17 +397,47 @@ def _index_batch(
                 n_chunks=len(page.chunks), n_images=n_images, run_id=run_id, indexed_at=now,
                 previous=previous_docs.get(url), error=page.error,
             ))
+        doc_rows += [incremental.refreshed_document_row(previous_docs[t.url], r, origin=t.origin, run_id=run_id)
+                     for t, r in unchanged]
         index_store.upsert(store.DOCUMENTS, rows.documents_table(doc_rows))
+        leftovers = {t.url for t, _ in gone if stored_chunks.get(t.url) or stored_images.get(t.url)}
+        retired = _retire([t.url for t, _ in gone], previous_docs, {t.url: r for t, r in gone}, index_store,
+                          chunk_table, image_table, config, run_id, leftovers=leftovers)
 
     # Tally.
     for page in pages:
         summary.count_page(page.status)
+        previous = previous_docs.get(page.target.url)
         if page.doc is None:
             summary.pages_failed += 1
             summary.add_failure("page", page.target.url, page.status, page.error)
         else:
             summary.pages_ok += 1
             summary.pages_not_modified += page.fetch.status == "not_modified"
+            if previous is None or previous.get("status") != "ok" or not previous.get("content_hash"):
+                summary.documents_added += 1
+            elif previous.get("content_hash") == page.fetch.body_sha256:
+                summary.documents_unchanged += 1  # re-parsed (reparse or a new chunking) but the same content
+            else:
+                summary.documents_updated += 1
+    for target, result in unchanged:
+        previous = previous_docs[target.url]
+        summary.count_page("ok")
+        summary.pages_ok += 1
+        summary.pages_not_modified += result.status == "not_modified"
+        summary.documents_unchanged += 1
+        summary.chunks_total += previous.get("n_chunks") or 0
+        summary.chunks_unchanged += previous.get("n_chunks") or 0
+        for image in stored_images.get(target.url, {}).values():
+            summary.images_total += 1
+            summary.images_unchanged += 1
+            summary.count_image(image["status"])
+            if image["status"] == "ok":
+                summary.images_ok += 1
+            else:
+                summary.images_failed += 1
+                summary.add_failure("image", image["src_url"], image["status"], image["error"])
+    summary.tally_retired(retired)
     for occ in occurrences:
         summary.count_image(occ.status)
         if occ.status == "ok":
@@ -291,20 +446,82 @@ def _index_batch(
             summary.images_failed += 1
             summary.add_failure("image", occ.ref.src, occ.status, occ.error)
     summary.chunks_total += len(chunks)
-    summary.chunks_embedded += len(new_chunks)
-    summary.chunks_unchanged += len(chunks) - len(new_chunks)
-    summary.chunks_deleted += len(stale_chunk_ids)
+    summary.chunks_embedded += len(plan.new)
+    summary.chunks_added += plan.added
+    summary.chunks_updated += plan.updated
+    summary.chunks_vectors_reused += chunks_reused
+    summary.chunks_unchanged += plan.unchanged
+    summary.chunks_deleted += plan.deleted
     summary.chunks_truncated += sum(c.truncated for c in chunks)
     summary.images_total += len(occurrences)
     summary.images_embedded += len(changed_images)
+    summary.images_added += sum(1 for o in changed_images if o.id not in stored_image_rows)
+    summary.images_updated += sum(1 for o in changed_images if o.id in stored_image_rows)
+    summary.images_vectors_reused += images_reused
     summary.images_unchanged += len(occurrences) - len(changed_images)
     summary.images_deleted += len(stale_image_ids)
     summary.image_blobs_new += len(new_blob_keys)
 
 
-def run_index(sources: Sequence[str], config: MmragConfig) -> IndexSummary:
-    """Run the ``index`` flow with a thread pool sized by ``config.fetch.concurrency``; returns the summary."""
-    runner = ThreadPoolTaskRunner(max_workers=config.fetch.concurrency)
-    result = index_flow.with_options(task_runner=runner)(sources=list(sources), config=config)
-    return IndexSummary(**result)
+def _retire(urls: list[str], previous_docs: dict, fetches: dict, index_store: store.IndexStore, chunk_table: str,
+            image_table: str, config: MmragConfig, run_id: str, leftovers: set[str] | None = None) -> dict:
+    """Apply ``ops.gone_policy`` to ``urls`` (known documents that are gone); returns what was removed.
 
+    The tombstone is written first and the content deleted after it, so a crash in between leaves a
+    ``gone`` document with leftover rows that the next run deletes, never an ``ok`` document without them.
+    Documents already ``gone`` only get their tombstone refreshed (and ``leftovers`` deleted).
+    """
+    if not urls or config.ops.gone_policy == "keep":
+        return {"urls": [], "chunks": 0, "images": 0}
+    newly_gone = [u for u in urls if previous_docs[u].get("status") != "gone"]
+    tombstones = []
+    for url in urls:
+        fetch = fetches.get(url)
+        reason = (fetch.error or fetch.status) if fetch else "no longer listed by its source"
+        tombstones.append(incremental.tombstone_row(previous_docs[url], run_id=run_id, error=f"gone: {reason}", fetch=fetch))
+    index_store.upsert(store.DOCUMENTS, rows.documents_table(tombstones))
+    deleted = index_store.delete_document_content(sorted(set(newly_gone) | (leftovers or set()) & set(urls)))
+    if config.ops.gone_policy == "delete":
+        index_store.delete_where_in(store.DOCUMENTS, "url", urls)
+    return {"urls": newly_gone, "chunks": deleted.get(chunk_table, 0), "images": deleted.get(image_table, 0),
+            "still_gone": len(urls) - len(newly_gone)}
+
+
+def _retire_dropped(sources, targets, source_errors, index_store, chunk_table, image_table, config, summary, run_id) -> None:
+    """Retire documents that a source listed last time and no longer lists (complete sources only)."""
+    if config.ops.gone_policy == "keep":
+        return
+    failed = {err.source for err in source_errors}
+    listed = {t.origin for t in targets}
+    complete = [s for s in sources if s not in failed and s in listed]
+    dropped = incremental.dropped_urls(index_store.documents_by_origin(complete), (t.url for t in targets), complete)
+    if dropped:
+        with summary.timed("write"):
+            retired = _retire(dropped, index_store.document_rows(dropped), {}, index_store, chunk_table, image_table,
+                              config, run_id)
+        summary.tally_retired(retired)
+        get_run_logger().info("retired %d documents no longer listed by their sources (%s)", len(dropped),
+                              config.ops.gone_policy)
+
+
+def build_task_runner(config: MmragConfig):
+    """The task runner of ``ops.task_runner``: a thread pool sized by ``fetch.concurrency``, or Dask.
+
+    Dask uses the scheduler at ``ops.dask_address`` when set, else a local cluster of
+    ``ops.dask_workers`` workers (threads unless ``ops.dask_processes``).
+    """
+    if config.ops.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if config.ops.dask_address:
+            return DaskTaskRunner(address=config.ops.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": config.ops.dask_workers, "processes": config.ops.dask_processes,
+                                              "threads_per_worker": max(1, config.fetch.concurrency // config.ops.dask_workers),
+                                              "dashboard_address": None})
+    return ThreadPoolTaskRunner(max_workers=config.fetch.concurrency)
+
+
+def run_index(sources: Sequence[str], config: MmragConfig) -> IndexSummary:
+    """Run the ``index`` flow with the task runner of ``config.ops`` (threads by default); returns the summary."""
+    result = index_flow.with_options(task_runner=build_task_runner(config))(sources=list(sources), config=config)
+    return IndexSummary(**result)

@@ -108,11 +108,14 @@ def index(
     prepare_prefect_environment()
     from flows.index import run_index
     from pipelines.embed import EmbedderUnavailable
+    from pipelines.guard import DatabaseLocked, StoreWriteError
 
     try:
         summary = run_index(sources, cfg)
     except EmbedderUnavailable as exc:
         fail(str(exc))
+    except (DatabaseLocked, StoreWriteError) as exc:
+        fail(str(exc), code=1)
     if json_output:
         emit_json(summary.to_dict())
     else:
@@ -189,10 +192,11 @@ def _open_existing_store(cfg: MmragConfig):
 
 
 # --- sub-command modules are mounted here, one line each (keep imports light: heavy ones go inside commands) ---
-from mmrag import cli_llm; app.command("ask")(cli_llm.ask); app.add_typer(cli_llm.llm_app, name="llm")  # noqa: E402,E702
+from mmrag import cli_llm; app.command("ask")(cli_llm.ask); app.add_typer(cli_llm.llm_app, name="llm")  # noqa: E402,E702 - `mmrag ask`, `mmrag llm …`
 from mmrag.cli_search import register as _register_search; _register_search(app)  # noqa: E402,E702
 from eval.cli import eval_app; app.add_typer(eval_app, name="eval")  # noqa: E402,E702
 from eval.cli import register_top as _register_eval_top; _register_eval_top(app)  # noqa: E402,E702 - `mmrag report`, `mmrag main`
+from mmrag.cli_ops import register as _register_ops; _register_ops(app)  # noqa: E402,E702
 
 
 def main() -> None:  # pragma: no cover - console script shim

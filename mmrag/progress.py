@@ -48,6 +48,10 @@ class Progress:
                 TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True,
             )
 
+    def __reduce__(self):
+        # Task runners that pickle arguments (Dask) get a silent copy: bars belong to the driving process.
+        return (Progress, (False,))
+
     def bar(self, label: str, total: int) -> _Bar:
         """Start a bar for ``total`` items (a no-op bar when disabled or ``total`` is 0)."""
         if not self.enabled or not total:

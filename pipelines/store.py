@@ -235,6 +235,58 @@ class IndexStore:
             out.setdefault(row["doc_url"], {})[row["id"]] = row
         return out
 
+    def document_rows(self, urls: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Whole stored ``documents`` rows for ``urls``, keyed by url."""
+        rows = self.read_where(DOCUMENTS, documents_schema().names, "url", urls).to_pylist()
+        return {row["url"]: row for row in rows}
+
+    def documents_by_origin(self, origins: Iterable[str]) -> list[dict[str, Any]]:
+        """``url``, ``origin`` and ``status`` of the documents whose ``origin`` is one of ``origins``."""
+        return self.read_where(DOCUMENTS, ["url", "origin", "status"], "origin", origins).to_pylist()
+
+    def vectors_by_key(self, name: str, key: str, values: Iterable[str]) -> dict[str, Any]:
+        """``{value: vector}`` for rows of ``name`` whose ``key`` column is one of ``values`` (first row wins)."""
+        values = list(dict.fromkeys(v for v in values if v))
+        if not values or not self.has_table(name):
+            return {}
+        table = self.read_where(name, [key, "vector"], key, values)
+        keys = table.column(key).to_pylist()
+        vectors = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        if not keys:
+            return {}
+        matrix = vectors.reshape(len(keys), -1)
+        out: dict[str, Any] = {}
+        for i, k in enumerate(keys):
+            out.setdefault(k, matrix[i])
+        return out
+
+    def content_table_names(self) -> list[str]:
+        """The ``chunks__*`` and ``images__*`` tables (every embedder and chunking setting)."""
+        return [n for n in self.table_names() if n.startswith(("chunks__", "images__"))]
+
+    def delete_document_content(self, urls: Iterable[str]) -> dict[str, int]:
+        """Delete the chunk and image rows of ``urls`` from every content table; returns rows deleted per table."""
+        urls = list(dict.fromkeys(urls))
+        deleted: dict[str, int] = {}
+        if not urls:
+            return deleted
+        for name in self.content_table_names():
+            table = self.db.open_table(name)
+            before = table.count_rows()
+            for i in range(0, len(urls), IN_LIST_BATCH):
+                table.delete(sql_in("doc_url", urls[i : i + IN_LIST_BATCH]))
+            deleted[name] = before - table.count_rows()
+        return deleted
+
+    def referenced_image_shas(self) -> set[str]:
+        """Every ``image_sha256`` some ``images__*`` row points at."""
+        shas: set[str] = set()
+        for name in self.table_names():
+            if name.startswith("images__"):
+                column = self.db.open_table(name).to_lance().to_table(columns=["image_sha256"]).column("image_sha256")
+                shas.update(s for s in column.to_pylist() if s)
+        return shas
+
     def existing_keys(self, name: str, key: str, values: Iterable[str]) -> set[str]:
         """Which of ``values`` are present in column ``key`` of table ``name``."""
         return set(self.read_where(name, [key], key, values).column(key).to_pylist())

@@ -19,11 +19,18 @@ class IndexSummary:
     pages_ok: int = 0
     pages_failed: int = 0
     pages_not_modified: int = 0
+    documents_added: int = 0
+    documents_updated: int = 0
+    documents_unchanged: int = 0
+    documents_deleted: int = 0
     chunks_total: int = 0
     chunks_embedded: int = 0
     chunks_unchanged: int = 0
     chunks_deleted: int = 0
     chunks_truncated: int = 0
+    chunks_added: int = 0
+    chunks_updated: int = 0
+    chunks_vectors_reused: int = 0
     images_total: int = 0
     images_ok: int = 0
     images_failed: int = 0
@@ -31,6 +38,10 @@ class IndexSummary:
     images_unchanged: int = 0
     images_deleted: int = 0
     image_blobs_new: int = 0
+    images_added: int = 0
+    images_updated: int = 0
+    images_vectors_reused: int = 0
+    maintenance: dict[str, Any] = field(default_factory=dict)
     page_status: dict[str, int] = field(default_factory=dict)
     image_status: dict[str, int] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -53,6 +64,16 @@ class IndexSummary:
         """Record one failed item (page, image or source) with its status and message."""
         self.failures.append({"kind": kind, "url": url, "status": status, "error": error or ""})
 
+    def tally_retired(self, retired: dict[str, Any]) -> None:
+        """Count documents retired as gone (tombstoned or deleted) and the rows removed with them."""
+        for _url in retired.get("urls", []):
+            self.count_page("gone")
+            self.documents_deleted += 1
+        for _ in range(retired.get("still_gone", 0)):
+            self.count_page("gone")
+        self.chunks_deleted += retired.get("chunks", 0)
+        self.images_deleted += retired.get("images", 0)
+
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
         """Add the wall time of the ``with`` body to ``stage_seconds[stage]``."""
@@ -65,7 +86,8 @@ class IndexSummary:
     @property
     def all_unchanged(self) -> bool:
         """True when the run embedded nothing and deleted nothing."""
-        return not (self.chunks_embedded or self.images_embedded or self.chunks_deleted or self.images_deleted)
+        return not (self.chunks_embedded or self.images_embedded or self.chunks_deleted or self.images_deleted
+                    or self.documents_added or self.documents_updated or self.documents_deleted)
 
     def exit_code(self, *, strict: bool) -> int:
         """0 on success; 1 when nothing could be indexed, or (``strict``) when any item failed."""
@@ -79,17 +101,38 @@ class IndexSummary:
         """Plain dict (JSON-serialisable)."""
         return asdict(self)
 
+    def changes(self) -> dict[str, dict[str, int]]:
+        """Added / updated / deleted / unchanged counts for documents, chunks and images.
+
+        Chunk and image ids depend on position, so a chunk that only moved is ``updated`` (its
+        vector reused), not deleted plus added.
+        """
+        return {
+            "documents": {"added": self.documents_added, "updated": self.documents_updated,
+                          "deleted": self.documents_deleted, "unchanged": self.documents_unchanged},
+            "chunks": {"added": self.chunks_added, "updated": self.chunks_updated,
+                       "deleted": self.chunks_deleted, "unchanged": self.chunks_unchanged},
+            "images": {"added": self.images_added, "updated": self.images_updated,
+                       "deleted": self.images_deleted, "unchanged": self.images_unchanged},
+        }
+
     def _rows(self) -> list[tuple[str, str]]:
+        short = {"documents": "doc", "chunks": "chunk", "images": "image"}
+        changes = [(f"{short[kind]} changes", ", ".join(f"{n} {what}" for what, n in counts.items()))
+                   for kind, counts in self.changes().items()]
         return [
             ("pages", f"{self.pages_ok} ok, {self.pages_failed} failed of {self.pages_total}"
              + (f" ({self.pages_not_modified} not modified)" if self.pages_not_modified else "")),
-            ("chunks", f"{self.chunks_total} total: {self.chunks_embedded} embedded, {self.chunks_unchanged} unchanged, "
-             f"{self.chunks_deleted} deleted" + (f", {self.chunks_truncated} truncated" if self.chunks_truncated else "")),
+            *changes,
+            ("chunks", f"{self.chunks_total} total: {self.chunks_embedded} written ({self.chunks_vectors_reused} with reused "
+             f"vectors), {self.chunks_unchanged} unchanged, {self.chunks_deleted} deleted"
+             + (f", {self.chunks_truncated} truncated" if self.chunks_truncated else "")),
             ("images", f"{self.images_ok} ok, {self.images_failed} failed of {self.images_total}: "
-             f"{self.images_embedded} embedded, {self.images_unchanged} unchanged, {self.images_deleted} deleted, "
+             f"{self.images_embedded} written ({self.images_vectors_reused} with reused vectors), {self.images_unchanged} unchanged, {self.images_deleted} deleted, "
              f"{self.image_blobs_new} new blobs"),
             ("page status", _fmt_counts(self.page_status)),
             ("image status", _fmt_counts(self.image_status)),
+            *([("maintenance", _fmt_maintenance(self.maintenance))] if self.maintenance else []),
             ("time per stage", ", ".join(f"{k} {v:.2f}s" for k, v in self.stage_seconds.items()) + f"; total {self.elapsed_s:.1f}s"),
         ]
 
@@ -122,3 +165,10 @@ class IndexSummary:
 
 def _fmt_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) or "-"
+
+
+def _fmt_maintenance(report: dict[str, Any]) -> str:
+    tables = report.get("tables", {})
+    return (f"{len(tables)} tables compacted, {sum(t.get('versions_removed', 0) for t in tables.values())} old versions removed, "
+            f"{report.get('blobs_deleted', 0)} unreferenced image blobs deleted, "
+            f"indexes built: {', '.join(n for n, t in tables.items() if t.get('index')) or '-'}")
