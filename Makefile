@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DB ?= .mmrag/lancedb
 
-.PHONY: setup run test clean
+.PHONY: setup browser run test clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,9 +16,15 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(VENV)/bin/mmrag index data/sample/ --db $(DB)
+	$(VENV)/bin/mmrag main --db $(DB)
 
-test: setup
+# Debian's Chromium for the HTML report test (root on these machines; elsewhere the test skips with a reason).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "chromium not installed: the report browser test will skip"
+
+test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
