@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DB ?= .mmrag/lancedb
 
-.PHONY: setup browser run test clean
+GATE_DIR ?= .mmrag/gate
+
+.PHONY: setup browser run test gate clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,6 +28,14 @@ browser:
 
 test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# CI gate: index the sample corpus afresh, evaluate it, and fail if retrieval quality dropped against the baseline.
+gate: setup
+	rm -rf $(GATE_DIR) && mkdir -p $(GATE_DIR)
+	$(VENV)/bin/mmrag index data/sample/ --db $(GATE_DIR)/lancedb --no-progress
+	$(VENV)/bin/mmrag eval run --db $(GATE_DIR)/lancedb --out $(GATE_DIR)/runs --json > $(GATE_DIR)/run.json
+	$(VENV)/bin/mmrag eval gate --baseline eval/baselines/sample.json --metric text:recall@5 --metric text:ndcg@10 \
+	  --run "$$($(PY) -c 'import json,sys; print(json.load(open(sys.argv[1]))["run_dir"])' $(GATE_DIR)/run.json)"
 
 clean:
 	rm -rf .mmrag reports/latest
