@@ -197,6 +197,7 @@ from mmrag.cli_search import register as _register_search; _register_search(app)
 from eval.cli import eval_app; app.add_typer(eval_app, name="eval")  # noqa: E402,E702
 from eval.cli import register_top as _register_eval_top; _register_eval_top(app)  # noqa: E402,E702 - `mmrag report`, `mmrag main`
 from mmrag.cli_ops import register as _register_ops; _register_ops(app)  # noqa: E402,E702
+from mmrag.cli_models import classify, models_app; app.add_typer(models_app, name="models"); app.command("classify")(classify)  # noqa: E402,E702
 
 
 def main() -> None:  # pragma: no cover - console script shim

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from mmrag.config import ConfigError, ImageConfig, MmragConfig, load_config
+from mmrag.config import ConfigError, MmragConfig, load_config
 
 models_app = typer.Typer(
     help="Embedder weights: which are present, and fetching them on a machine with network.",
@@ -139,7 +139,8 @@ def pull(
     try:
         from huggingface_hub import HfApi, snapshot_download
 
-        files = HfApi().list_repo_files(repo_id)
+        # One request without retries first: no network fails here at once, not after minutes of back-off.
+        files = [sibling.rfilename for sibling in HfApi().model_info(repo_id, timeout=30).siblings or []]
         ignore = list(_OTHER_FRAMEWORK_FILES)
         if any(f.endswith(".safetensors") for f in files):
             ignore.append("*.bin")  # the same weights again, in the older format
@@ -167,7 +168,7 @@ def zero_shot_probabilities(embedder: Any, images: list[Any], labels: list[str],
     """``(n_images, n_labels)`` softmax over ``logit_scale`` × similarity of each image with each label text."""
     from pipelines.clip_embedder import softmax
 
-    texts = [template.format(label) for label in labels]
+    texts = [template.replace("{}", label) for label in labels]
     return softmax(embedder.zero_shot_logits(images, texts), axis=1)
 
 
@@ -189,7 +190,7 @@ def classify(
     An image that cannot be read or decoded gets a one-line error on stderr; the exit code is 1
     when any did.
     """
-    from pipelines.embed import EmbedderUnavailable, create_embedder
+    from pipelines.embed import EmbedderUnavailable, create_embedder, embedder_specs
     from pipelines.images import load_rgb
 
     labels = list(dict.fromkeys(label.strip() for label in labels if label.strip()))
@@ -198,17 +199,23 @@ def classify(
     if "{}" not in template:
         _fail("--template: must contain {} where the label goes")
     cfg = _build_config(config, embedder, model_path)
+    spec = {s.name: s for s in embedder_specs()}.get(cfg.embed.name)
+    if spec is not None and "image" not in spec.modalities:
+        _fail(f"--embedder {cfg.embed.name}: embeds no images; use clip or blip2")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars would bury the per-image errors
     try:
         model = create_embedder(cfg.embed)
     except EmbedderUnavailable as exc:
         _fail(str(exc))
     if "image" not in model.modalities or not hasattr(model, "zero_shot_logits"):
-        _fail(f"--embedder {embedder}: embeds no images; use clip or blip2")
+        _fail(f"--embedder {cfg.embed.name}: embeds no images; use clip or blip2")
 
     decoded, failed = [], 0
     for path in images:
         try:
-            decoded.append((path, load_rgb(path.read_bytes(), ImageConfig())))
+            decoded.append((path, load_rgb(path.read_bytes(), cfg.images)))
         except (OSError, ValueError) as exc:
             failed += 1
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
