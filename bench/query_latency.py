@@ -355,7 +355,7 @@ def scale_run(workdir: Path, records: list[dict], base: np.ndarray, queries: np.
             if quick:
                 nprobes, refines = (16, 32), (None, 20)
             elif large:
-                nprobes, refines = (16, 32), (20, 40, 80)
+                nprobes, refines = (16, 32), (20, 40, 60, 80)
             else:
                 nprobes, refines = (8, 16, 32), (None, 5, 10, 20)
             grid = [Setting(f"nprobes={n} refine={r}", nprobes=n, refine_factor=r) for n in nprobes for r in refines]
