@@ -340,3 +340,27 @@ def test_image_queries_search_images_and_text_with_a_cross_modal_embedder(tmp_pa
     broken.write_bytes(b"\x89PNG not an image")
     with pytest.raises(SearchError, match="cannot be decoded"):
         searcher.search(image=broken, target="images")
+
+
+def test_indexed_tables_use_nprobes_and_refine_and_match_exact_search(tmp_path):
+    from lancedb.index import IvfPq
+
+    from pipelines.retrieve import REFINE_BUDGET, refine_factor_for
+
+    assert refine_factor_for(10, 60) == 60 and refine_factor_for(10_000, 60) == REFINE_BUDGET // 10_000
+    assert refine_factor_for(REFINE_BUDGET * 2, 5) == 1
+    store = IndexStore(str(tmp_path / "db"))
+    vectors = unit_rows(3000, 16, seed=5)
+    write_import(tmp_path, store, vectors, text_records(3000), target="text", label="synth")
+    table = store.open_table("chunks__synth__paragraph")
+    table.create_index("vector", config=IvfPq(distance_type="cosine", num_partitions=8, num_sub_vectors=4, max_iterations=5))
+    searcher = searcher_for(store, mode="cosine", nprobes=8, refine_factor=20)
+    for q in vectors[:5]:
+        expected = np.argsort(-(vectors @ q))[:10]
+        hits = searcher.search_vector(q, target="text", k=10).hits
+        assert [h.text for h in hits] == [f"passage {i} about topic {i % 7}" for i in expected]
+    pooled = searcher_for(store, softmax_pool=500).search_vector(vectors[0], target="text", threshold=0.0, k=5)
+    exact = searcher_for(store, softmax_pool=None).search_vector(vectors[0], target="text", threshold=0.0, k=5)
+    assert pooled.softmax_exact == {"text": False} and exact.softmax_exact == {"text": True}
+    assert [h.id for h in pooled.hits] == [h.id for h in exact.hits]
+    assert exact.candidates == {"text": 3000} and pooled.candidates["text"] <= 500
