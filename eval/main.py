@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mmrag.cli import ConfigOption, DbOption, build_config, fail, prepare_prefect_environment
+from mmrag.cli_common import ConfigOption, DbOption, build_config, fail, prepare_prefect_environment
 
 
 def main_command(

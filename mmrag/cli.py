@@ -6,15 +6,22 @@ the config file, which overrides ``MMRAG_*`` environment variables and the defau
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from mmrag.config import ConfigError, MmragConfig, load_config
+from mmrag.cli_common import (  # noqa: F401 - re-exported: subcommand modules import them from here too
+    ConfigOption,
+    DbOption,
+    JsonOption,
+    build_config,
+    emit_json,
+    fail,
+    open_existing_store,
+    prepare_prefect_environment,
+)
+from mmrag.config import MmragConfig
 
 app = typer.Typer(
     name="mmrag",
@@ -23,40 +30,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-DbOption = Annotated[Optional[str], typer.Option("--db", help="LanceDB URI (a local directory or s3://…); default from config")]
-ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="YAML or TOML config file")]
-JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable JSON on stdout")]
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Print ``mmrag: error: message`` on stderr and exit with ``code`` (no traceback)."""
-    typer.echo(f"mmrag: error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def build_config(config_file: Path | None, overrides: dict[str, Any]) -> MmragConfig:
-    """Load and validate the config; an invalid value exits with a one-line message naming the field."""
-    try:
-        return load_config(config_file, overrides)
-    except ConfigError as exc:
-        fail(str(exc))
-        raise  # unreachable: fail() exits
-
-
-def emit_json(data: Any) -> None:
-    """Write ``data`` as JSON on stdout."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str, sort_keys=True) + "\n")
-
-
-def prepare_prefect_environment() -> None:
-    """Defaults that make Prefect's ephemeral server dependable on small machines, and keep it offline."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    # Prefect does not create missing parents of PREFECT_HOME, then its SQLite database fails to open.
-    if os.environ.get("PREFECT_HOME"):
-        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
 
 
 @app.command()
@@ -139,7 +112,7 @@ def export(
     cfg = build_config(config, {"store.db_uri": db})
     from pipelines.store import IndexStore
 
-    index_store = _open_existing_store(cfg)
+    index_store = open_existing_store(cfg)
     try:
         written = index_store.export_parquet(out, table, version)
     except ValueError as exc:
@@ -161,7 +134,7 @@ def status(
     cfg = build_config(config, {"store.db_uri": db})
     from pipelines.embed import embedder_specs
 
-    index_store = _open_existing_store(cfg)
+    index_store = open_existing_store(cfg)
     tables = index_store.table_stats()
     last = index_store.last_run()
     registered = [{"name": s.name, "modalities": sorted(s.modalities), "description": s.description} for s in embedder_specs()]
@@ -181,14 +154,6 @@ def status(
         )
     else:
         typer.echo("no runs recorded yet")
-
-
-def _open_existing_store(cfg: MmragConfig):
-    from pipelines.store import IndexStore
-
-    if "://" not in cfg.store.db_uri and not Path(cfg.store.db_uri).is_dir():
-        fail(f"--db: no database at {cfg.store.db_uri} (run `mmrag index SOURCE…` first)")
-    return IndexStore(cfg.store.db_uri)
 
 
 # --- sub-command modules are mounted here, one line each (keep imports light: heavy ones go inside commands) ---

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from mmrag.cli_common import ConfigOption, DbOption, JsonOption, build_config, emit_json, fail, open_existing_store
+
 llm_app = typer.Typer(
     help="LLM backends: models on an Ollama server, the embedded GGUF models, the prompt template.",
     no_args_is_help=True,
@@ -20,18 +22,8 @@ llm_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DbOption = Annotated[Optional[str], typer.Option("--db", help="LanceDB URI (a local directory or s3://…); default from config")]
-ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="YAML or TOML config file")]
-JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable JSON on stdout")]
 LlmOption = Annotated[Optional[str], typer.Option(
     "--llm", help="BACKEND:MODEL, e.g. llamacpp:qwen2.5-coder-0.5b, ollama:llama3.2-vision, openai:gpt-4o-mini")]
-
-
-def _cli():
-    # mmrag.cli imports this module at its end; importing it back lazily avoids the cycle.
-    import mmrag.cli
-
-    return mmrag.cli
 
 
 def retrieve_for_question(cfg: Any, question: str, image: Path | None) -> list[Any]:
@@ -92,8 +84,7 @@ def ask(
     prompt_template: Annotated[Optional[Path], typer.Option("--prompt-template", help="Jinja2 prompt template file")] = None,
 ) -> None:
     """Answer QUESTION from the index: streams the answer, then lists its sources (url, section, image, score)."""
-    cli = _cli()
-    cfg = cli.build_config(config, {"store.db_uri": db, "llm.max_tokens": max_tokens,
+    cfg = build_config(config, {"store.db_uri": db, "llm.max_tokens": max_tokens,
                                     "llm.prompt_template": str(prompt_template) if prompt_template else None})
     from pipelines.generate import (Answer, PromptTemplateError, answer_events, load_image_blobs, load_prompt_template,
                                     read_query_image, sources_of)
@@ -101,17 +92,17 @@ def ask(
     from pipelines.llm.base import LlmError, Usage
 
     if image is not None and not image.is_file():
-        cli.fail(f"--image: no file at {image}")
+        fail(f"--image: no file at {image}")
     try:
         load_prompt_template(cfg.llm.prompt_template)
         backend_name, model = parse_llm_spec(llm, cfg.llm)
     except (PromptTemplateError, LlmError) as exc:
-        cli.fail(str(exc))
-    index_store = cli._open_existing_store(cfg)
+        fail(str(exc))
+    index_store = open_existing_store(cfg)
     try:
         hits = retrieve_for_question(cfg, question, image)
     except ValueError as exc:
-        cli.fail(str(exc))
+        fail(str(exc))
     answer = Answer(question=question, answer="", sources=sources_of(hits), backend=backend_name, model=model)
     pieces: list[str] = []
     streamed = False
@@ -133,7 +124,7 @@ def ask(
         answer.error = {"kind": exc.kind, "message": exc.message}
     answer.answer = "".join(pieces)
     if json_output:
-        cli.emit_json(answer.to_dict())
+        emit_json(answer.to_dict())
     else:
         if streamed:
             typer.echo("")
@@ -145,7 +136,7 @@ def ask(
     if answer.error is not None:
         if json_output:
             raise typer.Exit(1)
-        cli.fail(answer.error["message"], code=1)
+        fail(answer.error["message"], code=1)
 
 
 @llm_app.command("pull")
@@ -156,8 +147,7 @@ def pull(
     json_output: JsonOption = False,
 ) -> None:
     """Ask the Ollama server to pull a model (progress on stderr), or assemble a local GGUF model (llamacpp:NAME)."""
-    cli = _cli()
-    cfg = cli.build_config(config, {"llm.ollama_host": host})
+    cfg = build_config(config, {"llm.ollama_host": host})
     from pipelines.llm.base import LlmError
 
     backend, _, name = model.partition(":") if model.split(":", 1)[0] in ("ollama", "llamacpp", "openai") else ("ollama", "", model)
@@ -181,12 +171,12 @@ def pull(
             status = pull_ollama_model(name, cfg.llm.ollama_host, on_progress=progress)
             result = {"model": f"ollama:{name}", "status": status, "host": ollama_host(cfg.llm.ollama_host)}
         else:
-            cli.fail(f"{model}: `llm pull` works for ollama:NAME and llamacpp:NAME (an OpenAI-compatible server manages its own models)")
+            fail(f"{model}: `llm pull` works for ollama:NAME and llamacpp:NAME (an OpenAI-compatible server manages its own models)")
             return
     except LlmError as exc:
-        cli.fail(str(exc), code=1)
+        fail(str(exc), code=1)
     if json_output:
-        cli.emit_json(result)
+        emit_json(result)
     else:
         typer.echo(f"{result['model']}: {result['status']}" + (f" ({result['path']})" if "path" in result else ""))
 
@@ -204,8 +194,7 @@ def list_models(
     json_output: JsonOption = False,
 ) -> None:
     """The embedded GGUF models (installed? assembled?) and the models on the Ollama server (if one answers)."""
-    cli = _cli()
-    cfg = cli.build_config(config, {"llm.ollama_host": host})
+    cfg = build_config(config, {"llm.ollama_host": host})
     from pipelines.llm.base import LlmError
     from pipelines.llm.gguf import GGUF_MODELS, locate_parts
     from pipelines.llm.ollama_backend import list_ollama_models, ollama_host
@@ -226,7 +215,7 @@ def list_models(
     except LlmError as exc:
         server["error"] = {"kind": exc.kind, "message": exc.message}
     if json_output:
-        cli.emit_json({"llamacpp": local, "ollama": server})
+        emit_json({"llamacpp": local, "ollama": server})
         return
     typer.echo("embedded (llamacpp):")
     for row in local:
