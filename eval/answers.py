@@ -1,19 +1,17 @@
-"""Answer quality: generate answers from an eval run's retrieved hits and score them without an LLM.
+"""Answer quality: generate answers from an eval run's retrieved hits and score them with ragas.
 
 Per answer (one row of ``answers.parquet`` in the run directory; failures are rows too, with
 ``error`` set and scores null -- never dropped): ``query_id, llm, query, reference_answer, answer,
-error, latency_s, time_to_first_token_s, tokens_in, tokens_out, n_contexts`` and the scores:
+error, latency_s, time_to_first_token_s, tokens_in, tokens_out, n_contexts, contexts`` and the scores:
 
-* ``rouge_l`` (rouge-score, F-measure), ``bleu`` and ``chrf`` (sacrebleu sentence scores / 100),
-  ``string_similarity`` (rapidfuzz normalised Levenshtein) -- the same libraries ragas' non-LLM
-  metrics wrap (ragas itself is not installed: ragas 0.4.3 pins openai<2 and rich<14, which would
-  downgrade packages the LLM backends and CLI use);
-* ``semantic_similarity``: cosine of answer and reference embedded with our embedder (MiniLM);
-* ``context_precision`` / ``context_recall``: non-LLM, against the labelled evidence -- average
-  precision of the relevant flags of the text contexts given to the model, and relevant contexts
-  given / relevant items labelled (``qrels.json``).
-
-Scores need ``reference_answer``; entries without one get null text scores.
+* without an LLM (:mod:`eval.answer_metrics`): ``rouge_l``, ``bleu``, ``chrf``,
+  ``string_similarity``, ``semantic_similarity`` against ``reference_answer`` (null without one),
+  ``context_precision`` / ``context_recall`` of the contexts given against the labelled evidence;
+  ``score_error`` names a metric that raised;
+* with a judge LLM (:mod:`eval.judge`, ``--judge``): ``faithfulness``, ``answer_relevancy`` and,
+  with ``eval.judge_images``, ``multimodal_faithfulness`` / ``multimodal_relevance``; plus
+  ``judge`` (model and endpoint), ``judge_error`` (each failed metric with its reason),
+  ``judge_s``, ``judge_tokens_in``, ``judge_tokens_out``.
 """
 
 from __future__ import annotations
@@ -28,56 +26,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from eval.answer_metrics import CONTEXT_COLUMNS, NON_LLM_COLUMNS, context_scores, reference_scores, semantic_similarities
 from eval.evalset import EvalEntry
+from eval.judge import JUDGE_COLUMNS, JudgeSpec, judge_rows
 from mmrag.config import MmragConfig
 
-SCORE_COLUMNS = ("rouge_l", "bleu", "chrf", "string_similarity", "semantic_similarity", "context_precision", "context_recall")
-
-
-def text_scores(answer: str, reference: str | None) -> dict[str, float | None]:
-    """ROUGE-L F, sentence BLEU and chrF (0..1) and normalised Levenshtein similarity of ``answer`` against ``reference``."""
-    if not reference or answer is None:
-        return {"rouge_l": None, "bleu": None, "chrf": None, "string_similarity": None}
-    import sacrebleu
-    from rapidfuzz.distance import Levenshtein
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return {
-        "rouge_l": float(scorer.score(reference, answer)["rougeL"].fmeasure),
-        "bleu": float(sacrebleu.sentence_bleu(answer, [reference]).score) / 100.0,
-        "chrf": float(sacrebleu.sentence_chrf(answer, [reference]).score) / 100.0,
-        "string_similarity": float(Levenshtein.normalized_similarity(answer, reference)),
-    }
-
-
-def context_scores(relevant_flags: Sequence[bool], n_labelled: int | None) -> dict[str, float | None]:
-    """Non-LLM context precision (average precision of the flags, in rank order) and recall (relevant given / labelled)."""
-    flags = [bool(f) for f in relevant_flags]
-    hits = 0
-    precisions = []
-    for i, flag in enumerate(flags, start=1):
-        if flag:
-            hits += 1
-            precisions.append(hits / i)
-    precision = float(np.mean(precisions)) if precisions else (0.0 if flags else None)
-    recall = (hits / n_labelled) if n_labelled else None
-    return {"context_precision": precision, "context_recall": recall}
-
-
-def semantic_similarities(embed: Callable[[list[str]], Any], answers: Sequence[str | None], references: Sequence[str | None]) -> list[float | None]:
-    """Cosine similarity of each (answer, reference) pair embedded with ``embed`` (None where either is missing)."""
-    pairs = [i for i, (a, r) in enumerate(zip(answers, references)) if a and r]
-    out: list[float | None] = [None] * len(answers)
-    if not pairs:
-        return out
-    a = np.asarray(embed([answers[i] for i in pairs]), dtype=np.float32)
-    r = np.asarray(embed([references[i] for i in pairs]), dtype=np.float32)
-    a /= np.linalg.norm(a, axis=1, keepdims=True) + 1e-12
-    r /= np.linalg.norm(r, axis=1, keepdims=True) + 1e-12
-    for j, i in enumerate(pairs):
-        out[i] = float(a[j] @ r[j])
-    return out
+SCORE_COLUMNS = (*NON_LLM_COLUMNS, *JUDGE_COLUMNS)
+ANSWER_COLUMNS = ("query_id", "llm", "query", "reference_answer", "answer", "error", "latency_s", "time_to_first_token_s",
+                  "tokens_in", "tokens_out", "n_contexts", "contexts", *SCORE_COLUMNS, "score_error",
+                  "judge", "judge_error", "judge_s", "judge_tokens_in", "judge_tokens_out")
 
 
 def generate_answer(entry: EvalEntry, hits: Sequence[Mapping[str, Any]], backend: Any, cfg: MmragConfig, *,
@@ -103,21 +60,19 @@ def generate_answer(entry: EvalEntry, hits: Sequence[Mapping[str, Any]], backend
     return row
 
 
-def score_answers(rows: list[dict[str, Any]], hits: Sequence[Mapping[str, Any]], qrels: Mapping[str, Mapping[str, Sequence[str]]], *,
+def score_answers(rows: list[dict[str, Any]], qrels: Mapping[str, Mapping[str, Sequence[str]]], *,
                   embed: Callable[[list[str]], Any] | None = None) -> list[dict[str, Any]]:
-    """Add the score columns to answer rows (in place; failed answers keep null scores); returns ``rows``."""
-    by_id: dict[str, dict[str, Mapping[str, Any]]] = {}
-    for h in hits:
-        if h["target"] == "text":
-            by_id.setdefault(h["query_id"], {})[h["id"]] = h
+    """Add the non-LLM score columns to answer rows (in place; failed answers keep null answer scores); returns ``rows``.
+
+    Context precision/recall describe what the model was given, so an answer that failed after its
+    prompt was built gets them too; a row never sent to a model (``n_contexts`` null) does not.
+    """
     for row in rows:
         ok = row.get("error") is None and row.get("answer") is not None
-        row.update(text_scores(row["answer"], row.get("reference_answer")) if ok else
-                   {"rouge_l": None, "bleu": None, "chrf": None, "string_similarity": None})
-        ids = json.loads(row.get("contexts") or "[]")
-        flags = [bool(by_id.get(row["query_id"], {}).get(i, {}).get("relevant")) for i in ids]
-        n_labelled = len(qrels.get("text", {}).get(row["query_id"], []))
-        row.update(context_scores(flags, n_labelled))
+        row.update(reference_scores(row["answer"] if ok else None, row.get("reference_answer")))
+        given = json.loads(row.get("contexts") or "[]") if row.get("n_contexts") is not None else None
+        row.update(context_scores(given, qrels.get("text", {}).get(row["query_id"], [])) if given is not None
+                   else dict.fromkeys(CONTEXT_COLUMNS))
     sims = semantic_similarities(embed, [r["answer"] if r.get("error") is None else None for r in rows],
                                  [r.get("reference_answer") for r in rows]) if embed else [None] * len(rows)
     for row, sim in zip(rows, sims):
@@ -125,14 +80,45 @@ def score_answers(rows: list[dict[str, Any]], hits: Sequence[Mapping[str, Any]],
     return rows
 
 
+def judge_contexts(rows: Sequence[Mapping[str, Any]], hits: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """Per row: the texts of the contexts its model was given, in prompt order."""
+    text = {(h["query_id"], h["id"]): h.get("text") or "" for h in hits if h["target"] == "text"}
+    return [[text.get((r["query_id"], i), "") for i in json.loads(r.get("contexts") or "[]")] for r in rows]
+
+
+def judge_images(rows: Sequence[Mapping[str, Any]], hits: Sequence[Mapping[str, Any]], cfg: MmragConfig) -> list[list[str]]:
+    """Per row: the query's retrieved images (at most ``llm.max_images``, best first) as ``data:`` URLs, read from ``image_blobs``."""
+    from pipelines.generate import image_inputs, load_image_blobs
+    from pipelines.llm.openai_backend import image_data_url
+    from pipelines.store import IndexStore
+
+    image_hits: dict[str, list[Mapping[str, Any]]] = {}
+    for h in hits:
+        if h["target"] == "image":
+            image_hits.setdefault(h["query_id"], []).append(h)
+    if not any(image_hits.get(r["query_id"]) for r in rows):
+        return [[] for _ in rows]
+    blobs = load_image_blobs(IndexStore(cfg.store.db_uri), [h.get("image_sha256") or "" for hs in image_hits.values() for h in hs])
+    return [[image_data_url(i) for i in image_inputs(image_hits.get(r["query_id"], []), blobs, None, cfg.llm.max_images)]
+            for r in rows]
+
+
+def failed_row(entry: EvalEntry, llm: str, error: str) -> dict[str, Any]:
+    """The row of an answer that was not produced (backend unavailable, budget exhausted)."""
+    return {"query_id": entry.id, "llm": llm, "query": entry.query, "reference_answer": entry.reference_answer, "answer": None,
+            "error": error[:500], "contexts": "[]"}
+
+
 def answer_run_dir(run_dir: str | Path, entries: Sequence[EvalEntry], cfg: MmragConfig, llms: Sequence[str], *,
                    limit: int | None = None, embed: Callable[[list[str]], Any] | None = None,
-                   log: Callable[[str], None] | None = None, budget_s: float | None = None) -> list[dict[str, Any]]:
-    """Answer the run's queries (hits from its ``hits.parquet``) with each of ``llms``; writes ``answers.parquet``; returns the rows.
+                   log: Callable[[str], None] | None = None, budget_s: float | None = None,
+                   judge: JudgeSpec | None = None) -> list[dict[str, Any]]:
+    """Answer the run's text queries (hits from its ``hits.parquet``) with each of ``llms``, score them; writes ``answers.parquet``.
 
-    Image-query entries and entries without hits are answered too (from whatever was retrieved).
+    Entries whose query is an image are left out; entries without hits are answered from nothing.
     A backend that cannot be built records one failed row per query; once ``budget_s`` seconds have
     passed, the remaining queries are recorded as failed rows (``error``: budget exhausted), not dropped.
+    With ``judge`` (needs ``embed``), the judged metrics are added by :func:`eval.judge.judge_rows`.
     """
     from pipelines.llm import make_backend
 
@@ -149,43 +135,49 @@ def answer_run_dir(run_dir: str | Path, entries: Sequence[EvalEntry], cfg: Mmrag
         try:
             backend = make_backend(cfg.llm, llm)
         except Exception as exc:  # noqa: BLE001
-            rows += [{"query_id": e.id, "llm": llm, "query": e.query, "reference_answer": e.reference_answer, "answer": None,
-                      "error": f"{type(exc).__name__}: {exc}"[:500], "contexts": "[]"} for e in chosen]
+            rows += [failed_row(e, llm, f"{type(exc).__name__}: {exc}") for e in chosen]
             continue
         started = time.perf_counter()
         for n, entry in enumerate(chosen, start=1):
             if budget_s is not None and time.perf_counter() - started > budget_s:
-                rows.append({"query_id": entry.id, "llm": llm, "query": entry.query, "reference_answer": entry.reference_answer,
-                             "answer": None, "error": f"not run: answer time budget of {budget_s:.0f} s exhausted",
-                             "contexts": "[]"})
+                rows.append(failed_row(entry, llm, f"not run: answer time budget of {budget_s:.0f} s exhausted"))
                 continue
             row = generate_answer(entry, by_query.get(entry.id, []), backend, cfg, llm=llm)
             log(f"{llm} {n}/{len(chosen)} {entry.id}: {row['latency_s']} s" + (f" FAILED {row['error']}" if row["error"] else ""))
             rows.append(row)
-    score_answers(rows, hits, qrels, embed=embed)
-    columns = ["query_id", "llm", "query", "reference_answer", "answer", "error", "latency_s", "time_to_first_token_s",
-               "tokens_in", "tokens_out", "n_contexts", "contexts", *SCORE_COLUMNS]
-    table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=answers_schema())
-    pq.write_table(table, run_dir / "answers.parquet")
+    score_answers(rows, qrels, embed=embed)
+    if judge is not None:
+        if embed is None:
+            raise ValueError("the judged answer relevancy needs an embedder (embed=)")
+        images = judge_images(rows, hits, cfg) if cfg.eval.judge_images else [[] for _ in rows]
+        judge_rows(rows, judge_contexts(rows, hits), images, spec=judge, llm_config=cfg.llm, settings=cfg.eval, embed=embed, log=log)
+    write_answers(rows, run_dir / "answers.parquet")
     return rows
+
+
+def write_answers(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Write answer rows as Parquet with :func:`answers_schema` (missing columns null); returns ``path``."""
+    table = pa.Table.from_pylist([{c: r.get(c) for c in ANSWER_COLUMNS} for r in rows], schema=answers_schema())
+    pq.write_table(table, path)
+    return Path(path)
 
 
 def answers_schema() -> pa.Schema:
     """Schema of ``answers.parquet``."""
-    strings = ("query_id", "llm", "query", "reference_answer", "answer", "error", "contexts")
-    ints = ("tokens_in", "tokens_out", "n_contexts")
-    floats = ("latency_s", "time_to_first_token_s", *SCORE_COLUMNS)
-    return pa.schema([*(pa.field(c, pa.string()) for c in strings), *(pa.field(c, pa.int64()) for c in ints),
-                      *(pa.field(c, pa.float64()) for c in floats)])
+    ints = {"tokens_in", "tokens_out", "n_contexts", "judge_tokens_in", "judge_tokens_out"}
+    floats = {"latency_s", "time_to_first_token_s", "judge_s", *SCORE_COLUMNS}
+    return pa.schema([pa.field(c, pa.int64() if c in ints else pa.float64() if c in floats else pa.string()) for c in ANSWER_COLUMNS])
 
 
 def answer_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per LLM: ``n``, ``failures`` and the mean of every score, latency and token column (nulls left out)."""
+    """Per LLM: ``n``, ``failures``, ``judge_failures`` (answers with a failed judged metric) and the mean of every
+    score, latency, judge time and token column (nulls left out)."""
     out: dict[str, dict[str, Any]] = {}
     for llm in sorted({r["llm"] for r in rows}):
         mine = [r for r in rows if r["llm"] == llm]
-        stats: dict[str, Any] = {"n": len(mine), "failures": sum(1 for r in mine if r.get("error"))}
-        for c in ("latency_s", "tokens_in", "tokens_out", *SCORE_COLUMNS):
+        stats: dict[str, Any] = {"n": len(mine), "failures": sum(1 for r in mine if r.get("error")),
+                                 "judge_failures": sum(1 for r in mine if r.get("judge_error"))}
+        for c in ("latency_s", "tokens_in", "tokens_out", *SCORE_COLUMNS, "judge_s", "judge_tokens_in", "judge_tokens_out"):
             vals = [float(r[c]) for r in mine if r.get(c) is not None]
             stats[c] = round(float(np.mean(vals)), 4) if vals else None
         out[llm] = stats
@@ -216,9 +208,13 @@ def answer_step(run_dir: str | Path, entries: Sequence[EvalEntry], cfg: MmragCon
     cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"max_tokens": max_tokens})})
     from pipelines.embed import create_embedder
 
+    from eval.judge import parse_judge_spec
+
     embedder = create_embedder(cfg.embed)
+    judge = parse_judge_spec(cfg.eval.judge, cfg.llm) if cfg.eval.judge else None
     rows = answer_run_dir(run_dir, entries, cfg, [llm], limit=limit, embed=embedder.embed_texts,
-                          log=lambda m: print(f"      {m}", flush=True), budget_s=budget_s)
+                          log=lambda m: print(f"      {m}", flush=True), budget_s=budget_s, judge=judge)
     s = answer_summary(rows)[llm]
+    judged = f", faithfulness {s['faithfulness']}, answer_relevancy {s['answer_relevancy']}" if judge else ""
     return (f"{s['n']} answers ({s['failures']} failed), mean latency {s['latency_s']} s, rouge_l {s['rouge_l']}, "
-            f"semantic_similarity {s['semantic_similarity']} -> {Path(run_dir) / 'answers.parquet'}")
+            f"semantic_similarity {s['semantic_similarity']}{judged} -> {Path(run_dir) / 'answers.parquet'}")

@@ -256,7 +256,11 @@ def drilldown(
 
 
 def answer_table(answers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Answers side by side: ``{"models": [llm…], "score_columns": […], "rows": [{query_id, query, cells: {llm: row}}]}``."""
+    """Answers side by side: ``{"models": [llm…], "score_columns": […], "rows": [{query_id, query, cells: {llm: row}}]}``.
+
+    Every numeric column is a score column (non-LLM and judged metrics, latency, tokens, judge time);
+    ``judges`` names the judge models and endpoints, ``judge_failures`` counts answers with a failed judged metric.
+    """
     models = sorted({a["llm"] for a in answers})
     skip = {"query_id", "llm", "query", "answer", "error", "reference_answer", "run_id", "contexts", "setting_json"}
     numeric = [k for k in (answers[0] if answers else {}) if k not in skip
@@ -268,7 +272,10 @@ def answer_table(answers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         row["cells"][a["llm"]] = a
     means = {m: {c: _mean([a.get(c) for a in answers if a["llm"] == m]) for c in numeric} for m in models}
     failures = {m: sum(1 for a in answers if a["llm"] == m and a.get("error")) for m in models}
-    return {"models": models, "score_columns": numeric, "rows": list(rows.values()), "means": means, "failures": failures}
+    judge_failures = {m: sum(1 for a in answers if a["llm"] == m and a.get("judge_error")) for m in models}
+    judges = sorted({a["judge"] for a in answers if a.get("judge")})
+    return {"models": models, "score_columns": numeric, "rows": list(rows.values()), "means": means, "failures": failures,
+            "judges": judges, "judge_failures": judge_failures}
 
 
 def _mean(values: Sequence[Any]) -> float | None:

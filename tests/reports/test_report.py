@@ -148,3 +148,25 @@ def test_report_opens_offline_in_headless_chromium(run_dir, tmp_path):
     assert errors == []
     assert shot.stat().st_size > 1000
     print(f"screenshot: {shot}")
+
+
+def test_answer_section_shows_judged_metrics_and_judge_failures(run_dir):
+    """answers.parquet as `mmrag eval answers --judge` writes it: judged columns in the tables, the judge named, failures shown."""
+    from eval.answers import write_answers
+
+    judge = "llamacpp:qwen2.5-coder-0.5b@http://127.0.0.1:40000/v1"
+    rows = [{"query_id": "q-000", "llm": "a", "query": "question 0", "answer": "ok", "latency_s": 1.0, "faithfulness": 0.5,
+             "answer_relevancy": 0.9, "judge": judge, "judge_s": 30.0, "judge_tokens_in": 900, "judge_tokens_out": 80},
+            {"query_id": "q-001", "llm": "a", "query": "question 1", "answer": "ok", "latency_s": 3.0, "faithfulness": None,
+             "answer_relevancy": 0.7, "judge": judge, "judge_s": 50.0,
+             "judge_error": "faithfulness: the judge's output did not fit the schema after 2 attempt(s): <bad>"}]
+    write_answers(rows, run_dir / "answers.parquet")
+    data = collect_report_data(run_dir)
+    table = answer_table(data["answers"])
+    assert {"faithfulness", "answer_relevancy", "judge_s", "judge_tokens_in", "latency_s"} <= set(table["score_columns"])
+    assert "multimodal_faithfulness" not in table["score_columns"]  # all null: not a column
+    assert table["judges"] == [judge] and table["judge_failures"] == {"a": 1}
+    assert table["means"]["a"]["faithfulness"] == 0.5 and table["means"]["a"]["judge_s"] == 40.0
+    html = render_report(data, plotly_js="/* plotly */")
+    assert f"judged by {judge}" in html and "<th>judge failures</th>" in html and "<th>faithfulness</th>" in html
+    assert "judge: faithfulness: the judge&#39;s output did not fit the schema after 2 attempt(s): &lt;bad&gt;" in html
