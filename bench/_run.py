@@ -33,3 +33,39 @@ def index(sources: list[str], work: Path, db: str, **overrides):
               "fetch.respect_robots": False}
     values.update(overrides)
     return run_index(sources, load_config(None, values))
+
+
+def prefect_server_cpu_s() -> float:
+    """CPU seconds used so far by this process's children: Prefect's temporary API server (psutil comes with distributed)."""
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def wait_for_prefect_idle(max_s: float = 300.0, busy_cpu: float = 0.05, quiet_s: int = 3) -> float:
+    """Wait until Prefect's temporary server has used under ``busy_cpu`` of a core for ``quiet_s`` seconds in a row.
+
+    After a large run the server keeps digesting its task-run events for a while (tens of seconds
+    after 1,000 pages on 2 cores); a run timed meanwhile pays for the previous one. Returns the
+    seconds waited (at most ``max_s``).
+    """
+    import time
+
+    started = last_busy = time.perf_counter()
+    used = prefect_server_cpu_s()
+    while time.perf_counter() - started < max_s:
+        time.sleep(1.0)
+        now = prefect_server_cpu_s()
+        if now - used > busy_cpu:
+            last_busy = time.perf_counter()
+        used = now
+        if time.perf_counter() - last_busy >= quiet_s:
+            break
+    return max(0.0, last_busy - started)

@@ -205,3 +205,25 @@ def format_gate_table(result: GateResult) -> str:
         f"({'paired t-test' if result.stat_test == 'student' else 'Fisher randomization test'}, n = queries)"
     )
     return "\n".join(lines)
+
+
+def gate_markdown(result: GateResult, *, run_id: str, baseline: str, report: str | None = None) -> str:
+    """The gate rows as a markdown table with the verdict, for a Prefect artifact or a CI summary."""
+    verdict = "**FAILED**" if result.failed else "passed"
+    lines = [
+        f"# Gate {verdict}: run {run_id} vs baseline `{baseline}`",
+        "",
+        f"Fails on a drop > {result.tolerance:g} with p < {result.max_p:g} "
+        f"({'paired t-test' if result.stat_test == 'student' else 'Fisher randomization test'}, n = queries)."
+        + (f" Report: `{report}`" if report else ""),
+        "",
+        "| target | metric | queries | baseline | run | delta | p | worse | better | status |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in result.rows:
+        status = f"**{r['status']}**" if r["status"] == "FAIL" else r["status"]
+        lines.append(
+            f"| {r['target']} | {r['metric']} | {r['n_queries']} | {r['baseline']:.4f} | {r['run']:.4f} | "
+            f"{r['delta']:+.4f} | {r['p_value']:.4f} | {r['worse']} | {r['better']} | {status} |"
+        )
+    return "\n".join(lines)

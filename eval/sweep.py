@@ -220,11 +220,12 @@ def best_settings(
 class CachedQuery:
     """A LanceDB query builder that records its calls and answers ``to_arrow()`` from the shared cache when it can."""
 
-    def __init__(self, owner: "CachedTable", vector: Any):
+    def __init__(self, owner: "CachedTable", vector: Any, search_kwargs: dict[str, Any] | None = None):
         import numpy as np
 
         self._owner = owner
         self._vector = np.asarray(vector, dtype=np.float32)
+        self._search_kwargs = dict(search_kwargs or {})
         self._calls: list[tuple[str, Any]] = []
 
     def __getattr__(self, name: str) -> Callable[..., "CachedQuery"]:
@@ -236,11 +237,11 @@ class CachedQuery:
 
     def to_arrow(self) -> pa.Table:
         """The query's rows: from the cache when the same vector and calls ran before on this pinned table."""
-        key = (self._vector.tobytes(), repr(self._calls))
+        key = (self._vector.tobytes(), repr(sorted(self._search_kwargs.items())), repr(self._calls))
         cache = self._owner.cache
         if key in cache:
             return cache[key]
-        query = self._owner.table.search(self._vector)
+        query = self._owner.table.search(self._vector, **self._search_kwargs)
         for name, args, kwargs in self._calls:
             query = getattr(query, name)(*args, **kwargs)
         rows = query.to_arrow()
@@ -282,9 +283,9 @@ class CachedTable:
             self._counts[where] = self.table.count_rows(where) if where else self.table.count_rows()
         return self._counts[where]
 
-    def search(self, vector: Any) -> CachedQuery:
-        """A recording query (see :class:`CachedQuery`)."""
-        return CachedQuery(self, vector)
+    def search(self, vector: Any, **kwargs: Any) -> CachedQuery:
+        """A recording query (see :class:`CachedQuery`); ``kwargs`` (e.g. ``vector_column_name``) go to LanceDB's ``search``."""
+        return CachedQuery(self, vector, kwargs)
 
 
 def cache_tables(searcher: Any, targets: Sequence[str]) -> None:

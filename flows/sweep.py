@@ -26,9 +26,10 @@ def _task(name: str, fn, *args: Any, **kwargs: Any) -> Any:
 
 
 def _write_report(run_dir: Path, db_uri: str | None) -> Path:
-    from eval.cli import report_module
+    # Not through eval.cli: imported first (a deployment run), it would import itself via mmrag.cli.
+    from reports.report import write_report
 
-    return report_module().write_report(run_dir, db_uri=db_uri)
+    return write_report(run_dir, db_uri=db_uri)
 
 
 @flow(name="sweep", log_prints=False, validate_parameters=False)

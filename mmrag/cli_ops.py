@@ -1,5 +1,5 @@
 """Operations commands: ``mmrag maintain`` (compaction, cleanup, vector index, blob GC) and ``mmrag serve``
-(the scheduled incremental re-index as a Prefect deployment served by this process)."""
+(the scheduled incremental re-index and the sweep + gate as Prefect deployments served by this process)."""
 
 from __future__ import annotations
 
@@ -53,13 +53,18 @@ def serve(
     config: ConfigOption = None,
     cron: Annotated[Optional[str], typer.Option(help="cron schedule (default ops.schedule_cron)")] = None,
     name: Annotated[Optional[str], typer.Option(help="deployment name (default ops.deployment_name)")] = None,
+    sweep_gate: Annotated[bool, typer.Option("--sweep-gate/--no-sweep-gate", help="also serve the sweep + gate deployment")] = True,
+    sweep_cron: Annotated[Optional[str], typer.Option(help="cron of the sweep + gate (default ops.sweep_cron)")] = None,
 ) -> None:
-    """Serve the scheduled incremental re-index as a Prefect deployment (runs on the cron, or when triggered).
+    """Serve the scheduled incremental re-index and the sweep + gate as Prefect deployments (runs on their cron, or when triggered).
 
-    Needs a Prefect API (``PREFECT_API_URL``) that outlives this process: a served deployment on the
+    The sweep + gate takes its grid, baseline and metrics from ``ops.sweep_grid``,
+    ``ops.gate_baseline`` and ``ops.gate_metrics``; a failed gate fails its flow run. Needs a
+    Prefect API (``PREFECT_API_URL``) that outlives this process: a served deployment on the
     ephemeral API would vanish with it.
     """
-    cfg = build_config(config, {"store.db_uri": db, "ops.schedule_cron": cron, "ops.deployment_name": name})
+    cfg = build_config(config, {"store.db_uri": db, "ops.schedule_cron": cron, "ops.deployment_name": name,
+                                "ops.sweep_cron": sweep_cron})
     sources = list(sources or cfg.ops.schedule_sources)
     if not sources:
         fail("no sources: pass SOURCE… or set ops.schedule_sources")
@@ -67,20 +72,34 @@ def serve(
     from prefect import serve as prefect_serve
     from prefect.schedules import Cron
 
-    from flows.scheduled import scheduled_index_flow
+    from flows.scheduled import scheduled_index_flow, sweep_gate_flow
 
-    overrides = {"store.db_uri": cfg.store.db_uri}
-    deployment = scheduled_index_flow.to_deployment(
+    config_file = str(config.resolve()) if config else None
+    deployments = [scheduled_index_flow.to_deployment(
         name=cfg.ops.deployment_name,
         schedule=Cron(cfg.ops.schedule_cron, timezone=cfg.ops.schedule_timezone),
-        parameters={"sources": sources, "config_file": str(config.resolve()) if config else None, "overrides": overrides},
+        parameters={"sources": sources, "config_file": config_file, "overrides": {"store.db_uri": cfg.store.db_uri}},
         concurrency_limit=1,
         description="Incremental re-index of the configured sources (mmrag serve)",
         tags=["mmrag", "index"],
-    )
+    )]
     typer.echo(f"serving deployment scheduled-index/{cfg.ops.deployment_name} on cron {cfg.ops.schedule_cron!r} "
                f"({cfg.ops.schedule_timezone}) for {len(sources)} sources into {cfg.store.db_uri}", err=True)
-    prefect_serve(deployment, print_starting_message=False)
+    if sweep_gate:
+        deployments.append(sweep_gate_flow.to_deployment(
+            name=cfg.ops.sweep_deployment_name,
+            schedule=Cron(cfg.ops.sweep_cron, timezone=cfg.ops.schedule_timezone),
+            parameters={"queries": cfg.eval.queries, "grid": cfg.ops.sweep_grid, "baseline": cfg.ops.gate_baseline,
+                        "metrics": cfg.ops.gate_metrics, "tolerance": cfg.eval.tolerance, "db": cfg.store.db_uri,
+                        "sources": sources, "config_file": config_file},
+            concurrency_limit=1,
+            description="Evaluation sweep, then the quality gate of its best setting against the baseline (mmrag serve)",
+            tags=["mmrag", "eval", "gate"],
+        ))
+        typer.echo(f"serving deployment sweep-gate/{cfg.ops.sweep_deployment_name} on cron {cfg.ops.sweep_cron!r}: "
+                   f"grid {cfg.ops.sweep_grid}, gate {', '.join(cfg.ops.gate_metrics)} vs {cfg.ops.gate_baseline}",
+                   err=True)
+    prefect_serve(*deployments, print_starting_message=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,12 +7,13 @@ product. Models load lazily on first use and are never fetched from a hub at run
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import ContextManager, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -72,6 +73,54 @@ def create_embedder(cfg: EmbedConfig) -> Embedder:
         known = ", ".join(sorted(_REGISTRY)) or "(none)"
         raise EmbedderUnavailable(f"unknown embedder {cfg.name!r}; registered embedders: {known}")
     return spec.factory(cfg)
+
+
+class LazyEmbedder:
+    """An embedder that is built on first use: ``name`` and ``modalities`` come from the registry entry.
+
+    An incremental re-index in which no page changed embeds nothing and parses nothing, so it need
+    not pay for importing the model's libraries and loading its weights (seconds in a new process).
+    ``load_timer``, when given, is a context-manager factory wrapped around the load (stage timing).
+    An unknown name still fails at once; a model that cannot load fails on first use.
+    """
+
+    def __init__(self, cfg: EmbedConfig, *, load_timer: Callable[[], ContextManager[object]] | None = None):
+        spec = _REGISTRY.get(cfg.name)
+        if spec is None:
+            create_embedder(cfg)  # raises the error naming the registered embedders
+        self.name = spec.name
+        self.modalities = spec.modalities
+        self._cfg = cfg
+        self._load_timer = load_timer
+        self._embedder: Embedder | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the real embedder has been built."""
+        return self._embedder is not None
+
+    def resolve(self) -> Embedder:
+        """The real embedder, built on the first call (thread-safe)."""
+        if self._embedder is None:
+            with self._lock:
+                if self._embedder is None:
+                    with self._load_timer() if self._load_timer else contextlib.nullcontext():
+                        self._embedder = create_embedder(self._cfg)
+        return self._embedder
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.resolve(), name)
+
+    def __repr__(self) -> str:
+        return f"LazyEmbedder({self.name}, {'loaded' if self.loaded else 'not loaded'})"
+
+
+def load_now(embedder: Embedder) -> None:
+    """Build a :class:`LazyEmbedder` now, also behind a proxy that forwards attributes (a no-op for a built one)."""
+    getattr(embedder, "dimension")  # noqa: B009 - any model attribute makes a lazy embedder load
 
 
 def resolve_device(device: str) -> str:

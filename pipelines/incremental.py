@@ -13,6 +13,12 @@ Rules (see also ``docs`` in the README's operations section):
   sitemap, feed, URL list or folder that listed it last time no longer does. What happens to it is
   ``ops.gone_policy``: ``tombstone`` (status ``gone``, chunks and images deleted), ``delete`` (the
   document row too) or ``keep``.
+* The ``documents`` row of an unchanged page is rewritten only when the fetch brought new facts
+  (validators, origin, final URL, a cleared error). A re-fetch that only confirms the page (a 304,
+  or the same body with the same validators) leaves the row as it is: its ``fetched_at`` and
+  ``run_id`` stay those of the fetch and run that last changed it (the raw store's URL record
+  has the time of the last check). Rewriting would copy every row, text included, into a new
+  table version, which the run's ``index-<run_id>`` tag then keeps from cleanup, every night.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mmrag.records import Chunk, FetchResult
 
@@ -106,6 +113,21 @@ def plan_chunks(chunks: Sequence[Chunk], stored: Mapping[str, Mapping[str, Mappi
     return plan
 
 
+def redated_documents(dates: Mapping[str, Any], stored: Mapping[str, Mapping[str, Mapping]]) -> dict[Any, list[str]]:
+    """Re-parsed documents whose stored rows carry another ``published`` date than the page has now.
+
+    ``dates``: ``{doc_url: date or None}`` of the re-parsed pages; ``stored``: ``{doc_url: {id: row
+    with published}}`` (rows written before the column existed read None). Rows whose id did not
+    change are not rewritten, so their denormalised date must be updated in place; returns
+    ``{new date: [doc_url, …]}``.
+    """
+    out: dict[Any, list[str]] = {}
+    for doc_url, published in dates.items():
+        if any(row.get("published") != published for row in stored.get(doc_url, {}).values()):
+            out.setdefault(published, []).append(doc_url)
+    return out
+
+
 def texts_to_embed(keys: Sequence[str], texts: Sequence[str], reusable: Mapping[str, object]) -> tuple[list[str], list[str]]:
     """The distinct ``(keys, texts)`` whose key has no reusable vector, first occurrence first."""
     out_keys: list[str] = []
@@ -120,13 +142,20 @@ def texts_to_embed(keys: Sequence[str], texts: Sequence[str], reusable: Mapping[
     return out_keys, out_texts
 
 
+#: ``documents`` columns every re-fetch changes; a refreshed row differing only in these is not rewritten.
+VOLATILE_DOCUMENT_FIELDS = frozenset({"fetched_at", "run_id"})
+
+
 def refreshed_document_row(previous: Mapping, fetch: FetchResult, *, origin: str, run_id: str) -> dict:
-    """The stored row of an unchanged page with this fetch's facts (time, validators, run) brought up to date."""
+    """The stored row of an unchanged page with this fetch's facts (time, validators, run) brought up to date.
+
+    A 304 keeps the stored ``http_status``: the row describes the response that delivered the content.
+    """
     row = dict(previous)
     row.update(
         origin=origin,
         final_url=fetch.final_url,
-        http_status=fetch.http_status,
+        http_status=previous.get("http_status") if fetch.status == "not_modified" else fetch.http_status,
         error=None,
         etag=fetch.etag or previous.get("etag"),
         last_modified=fetch.last_modified or previous.get("last_modified"),
@@ -134,6 +163,22 @@ def refreshed_document_row(previous: Mapping, fetch: FetchResult, *, origin: str
         run_id=run_id,
     )
     return row
+
+
+def refreshed_document_rows(unchanged: Iterable[tuple[Any, FetchResult]], previous: Mapping[str, Mapping], *,
+                            run_id: str) -> list[dict]:
+    """Refreshed ``documents`` rows of the ``unchanged`` ``(target, fetch)`` pages that need rewriting.
+
+    ``target`` has ``url`` and ``origin``; ``previous`` maps url to the stored row. A row whose
+    refresh changes nothing but :data:`VOLATILE_DOCUMENT_FIELDS` is left out (see the module docstring).
+    """
+    out = []
+    for target, fetch in unchanged:
+        stored = previous[target.url]
+        row = refreshed_document_row(stored, fetch, origin=target.origin, run_id=run_id)
+        if any(row[key] != stored.get(key) for key in row if key not in VOLATILE_DOCUMENT_FIELDS):
+            out.append(row)
+    return out
 
 
 def tombstone_row(previous: Mapping, *, run_id: str, error: str, fetch: FetchResult | None = None) -> dict:

@@ -1,10 +1,12 @@
-"""Scheduled runs against a real Prefect server on 127.0.0.1: ``mmrag serve`` creates the deployment with
-its cron schedule, a run triggered through the API completes in the serving process and fills LanceDB;
-``prefect deploy`` accepts the deployments of ``prefect.yaml``."""
+"""Scheduled runs against a real Prefect server on 127.0.0.1: ``mmrag serve`` creates the deployments with
+their cron schedules, a run triggered through the API completes in the serving process and fills LanceDB;
+``prefect deploy`` accepts the deployments of ``prefect.yaml``; the weekly sweep + gate of ``prefect.yaml``,
+run by a process worker, completes when the gate passes and ends Failed when it fails."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -24,6 +26,7 @@ pytestmark = [pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
 CRON = "17 3 * * *"
+SWEEP_CRON = "29 4 * * 6"
 
 
 def free_port() -> int:
@@ -98,7 +101,8 @@ def test_serve_creates_scheduled_deployment_and_completes_a_triggered_run(prefec
     env = {**env, "MMRAG_STORE__RAW_DIR": str(tmp_path / "raw"), "PREFECT_RUNNER_POLL_FREQUENCY": "2",
            "MMRAG_PROGRESS": "false"}
     log = open(tmp_path / "serve.log", "wb")
-    serving = subprocess.Popen([str(BIN / "mmrag"), "serve", str(SAMPLE_DIR), "--db", str(db), "--cron", CRON],
+    serving = subprocess.Popen([str(BIN / "mmrag"), "serve", str(SAMPLE_DIR), "--db", str(db), "--cron", CRON,
+                                "--sweep-cron", SWEEP_CRON],
                                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         async def deployment(client):
@@ -116,6 +120,14 @@ def test_serve_creates_scheduled_deployment_and_completes_a_triggered_run(prefec
         assert [s.schedule.cron for s in found.schedules] == [CRON] and found.schedules[0].active
         assert found.parameters["sources"] == [str(SAMPLE_DIR)]
         assert found.parameters["overrides"]["store.db_uri"] == str(db)
+
+        async def sweep_gate(client):
+            return await client.read_deployment_by_name("sweep-gate/weekly-sweep-gate")
+
+        weekly = api_call(api, sweep_gate)
+        assert [s.schedule.cron for s in weekly.schedules] == [SWEEP_CRON] and weekly.schedules[0].active
+        assert weekly.parameters["db"] == str(db) and weekly.parameters["sources"] == [str(SAMPLE_DIR)]
+        assert weekly.parameters["baseline"] == "eval/baselines/sample.json" and weekly.parameters["metrics"]
 
         async def trigger(client):
             from prefect.deployments import run_deployment
@@ -141,7 +153,7 @@ def test_prefect_yaml_deployments_register_with_their_schedules(prefect_server):
     spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
     entries = {d["name"]: d for d in spec["deployments"]}
     assert set(entries) == {"nightly-incremental", "weekly-maintenance", "weekly-sweep-gate"}
-    assert entries["weekly-sweep-gate"]["entrypoint"] == "flows/sweep.py:sweep_flow"
+    assert entries["weekly-sweep-gate"]["entrypoint"] == "flows/scheduled.py:sweep_gate_flow"
     run = lambda *args: subprocess.run([str(BIN / "prefect"), *args], cwd=REPO_ROOT, env=env, capture_output=True,  # noqa: E731
                                        text=True, timeout=180)
     created = run("work-pool", "create", "mmrag-process", "--type", "process")
@@ -151,12 +163,76 @@ def test_prefect_yaml_deployments_register_with_their_schedules(prefect_server):
 
     async def read(client):
         return {name: await client.read_deployment_by_name(name)
-                for name in ("scheduled-index/nightly-incremental", "maintain/weekly-maintenance", "sweep/weekly-sweep-gate")}
+                for name in ("scheduled-index/nightly-incremental", "maintain/weekly-maintenance", "sweep-gate/weekly-sweep-gate")}
 
     found = api_call(api, read)
     nightly = found["scheduled-index/nightly-incremental"]
     assert [s.schedule.cron for s in nightly.schedules] == [entries["nightly-incremental"]["schedules"][0]["cron"]]
     assert nightly.work_pool_name == "mmrag-process" and nightly.parameters["overrides"]["ops.maintain_after_index"]
     assert [s.schedule.cron for s in found["maintain/weekly-maintenance"].schedules] == ["0 3 * * 0"]
-    sweep = found["sweep/weekly-sweep-gate"]
-    assert [s.schedule.cron for s in sweep.schedules] == ["0 4 * * 0"] and sweep.parameters["grid"]["k"] == [3, 5, 10]
+    sweep = found["sweep-gate/weekly-sweep-gate"]
+    assert [s.schedule.cron for s in sweep.schedules] == ["0 4 * * 0"]
+    assert sweep.parameters["grid"] == "eval/grids/sample.yaml" and sweep.parameters["metrics"] == ["recall@5", "ndcg@10", "mrr"]
+    assert sweep.parameters["baseline"] == "eval/baselines/sample.json" and sweep.parameters["tolerance"] == 0.02
+
+
+@pytest.mark.timeout(900)
+def test_weekly_sweep_gate_from_prefect_yaml_completes_and_a_worse_setting_fails_the_gate(prefect_server, tmp_path):
+    """The weekly deployment of prefect.yaml, run by a process worker: a run at the baseline's setting
+    completes with the gate passed; k=1 against the k=15 baseline on recall@10 ends Failed."""
+    api, env = prefect_server
+    env = {**env, "PWD": str(REPO_ROOT), "MMRAG_STORE__RAW_DIR": str(tmp_path / "raw"), "MMRAG_PROGRESS": "false",
+           "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "2"}
+    run = lambda *args: subprocess.run([str(BIN / "prefect"), *args], cwd=REPO_ROOT, env=env, capture_output=True,  # noqa: E731
+                                       text=True, timeout=180)
+    created = run("work-pool", "create", "mmrag-process", "--type", "process", "--overwrite")
+    assert created.returncode == 0, created.stdout + created.stderr
+    deployed = run("--no-prompt", "deploy", "--name", "weekly-sweep-gate")
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    log = open(tmp_path / "worker.log", "wb")
+    worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "mmrag-process", "--limit", "1"],
+                              cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # Paths of the deployment (queries, grid, baseline) stay relative to the checkout; results go to tmp_path.
+    common = {"db": str(tmp_path / "db"), "sources": [str(SAMPLE_DIR)], "metrics": ["recall@10"],
+              "overrides": {"eval.out_dir": str(tmp_path / "runs"), "progress": False}}
+
+    def trigger(parameters: dict):
+        async def go(client):
+            from prefect.deployments import run_deployment
+
+            return await run_deployment("sweep-gate/weekly-sweep-gate", client=client, parameters=parameters,
+                                        timeout=600, poll_interval=2)
+
+        return api_call(api, go)
+
+    def artifacts(flow_run_id):
+        async def go(client):
+            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+            return {a.key: a for a in found}
+
+        return api_call(api, go)
+
+    try:
+        passed = trigger({**common, "grid": {"text_k": [10, 15]}})
+        assert passed.state is not None and passed.state.is_completed(), (
+            f"{passed.state}\n" + (tmp_path / "worker.log").read_text()[-4000:])
+        published = artifacts(passed.id)
+        assert {"gate-result", "gate-summary", "gate-report"} <= set(published)
+        assert "Gate passed" in published["gate-summary"].data and "recall@10" in published["gate-summary"].data
+        assert "(file://" in published["gate-report"].data and published["gate-report"].data.endswith("index.html)")
+
+        failed = trigger({**common, "grid": {"text_k": [1]}})
+        assert failed.state is not None and failed.state.is_failed(), (
+            f"{failed.state}\n" + (tmp_path / "worker.log").read_text()[-4000:])
+        assert "gate failed" in (failed.state.message or "") and "text:recall@10" in failed.state.message
+        published = artifacts(failed.id)
+        assert "**FAILED**" in published["gate-summary"].data
+        rows = {(r["target"], r["metric"]): r for r in json.loads(published["gate-result"].data)}
+        assert rows[("text", "recall@10")]["status"] == "FAIL" and rows[("text", "recall@10")]["delta"] < -0.02
+    finally:
+        stop(worker)
+        log.close()
+    assert len(list((tmp_path / "runs").iterdir())) == 2  # one run directory per sweep, none in the checkout

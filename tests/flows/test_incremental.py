@@ -94,8 +94,11 @@ def test_unchanged_changed_gone_and_dropped_pages(tmp_path, parse_calls):
         assert len(parse_calls) == 3
         before = {r["id"]: r for r in table_rows(cfg, CHUNKS)}
         docs_before = {r["url"]: r for r in table_rows(cfg, store.DOCUMENTS)}
+        docs_version = store.IndexStore(cfg.store.db_uri).open_table(store.DOCUMENTS).version
+        assert "load_embedder" in first.stage_seconds
 
-        # 1. Nothing changed: no page is parsed, nothing embedded or written except document refreshes.
+        # 1. Nothing changed: no page is parsed, nothing embedded or written, not even the documents rows
+        #    (their fetch facts are the same), and the embedder is never loaded.
         parse_calls.clear()
         second = run_index([source], cfg)
         assert parse_calls == []
@@ -104,6 +107,9 @@ def test_unchanged_changed_gone_and_dropped_pages(tmp_path, parse_calls):
         assert second.images_ok == first.images_ok and second.chunks_total == first.chunks_total
         docs_after = {r["url"]: r for r in table_rows(cfg, store.DOCUMENTS)}
         assert all(docs_after[u]["indexed_at"] == docs_before[u]["indexed_at"] for u in docs_before)
+        assert docs_after == docs_before
+        assert store.IndexStore(cfg.store.db_uri).open_table(store.DOCUMENTS).version == docs_version
+        assert "load_embedder" not in second.stage_seconds, "nothing to parse or embed: no model loaded"
         assert {r["id"] for r in table_rows(cfg, CHUNKS)} == set(before)
 
         # 2. Alpha changes: paragraphs reordered, one edited, one added. Moved text keeps its vector.

@@ -71,6 +71,30 @@ def test_tombstone_and_refresh_rows():
     assert fresh["etag"] == "e2" and fresh["content_hash"] == "h" and fresh["origin"] == "S" and fresh["status"] == "ok"
 
 
+def test_confirmed_pages_keep_their_rows_and_new_fetch_facts_rewrite_them():
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    prev = {"url": "u", "origin": "S", "final_url": "u", "status": "ok", "http_status": 200, "error": None,
+            "content_hash": "h1", "etag": "e1", "last_modified": None, "run_id": "r1",
+            "fetched_at": datetime(2026, 1, 1, tzinfo=timezone.utc), "text": "body"}
+    target = SimpleNamespace(url="u", origin="S")
+    now = datetime(2026, 2, 1, tzinfo=timezone.utc)
+    confirmed = fetch("not_modified", http_status=304, etag="e1", fetched_at=now)
+    assert incremental.refreshed_document_row(prev, confirmed, origin="S", run_id="r2")["http_status"] == 200
+    assert incremental.refreshed_document_rows([(target, confirmed)], {"u": prev}, run_id="r2") == []
+    assert incremental.refreshed_document_rows([(target, fetch(http_status=200, etag="e1", fetched_at=now))],
+                                               {"u": prev}, run_id="r2") == [], "same body re-sent with a 200"
+    new_etag = incremental.refreshed_document_rows([(target, fetch("not_modified", http_status=304, etag="e2",
+                                                                   fetched_at=now))], {"u": prev}, run_id="r2")
+    assert [(r["etag"], r["fetched_at"], r["run_id"], r["text"]) for r in new_etag] == [("e2", now, "r2", "body")]
+    moved = incremental.refreshed_document_rows([(SimpleNamespace(url="u", origin="S2"), confirmed)], {"u": prev},
+                                                run_id="r2")
+    assert [r["origin"] for r in moved] == ["S2"]
+    assert len(incremental.refreshed_document_rows([(target, confirmed)], {"u": {**prev, "error": "old"}},
+                                                   run_id="r2")) == 1, "a cleared error is news"
+
+
 def test_write_errors_become_one_line_naming_the_path():
     lance = RuntimeError('lance error: LanceError(IO): Read-only file system (os error 30) at path "/db/t.lance/x", '
                          "/root/.cargo/registry/src/lance-io/object_store.rs:1006:34")
@@ -107,3 +131,18 @@ def test_lock_path_and_object_stores(tmp_path):
         t.start()
         t.join()
         assert errors and "db.lock" in errors[0]
+
+
+def test_redated_documents_finds_kept_rows_with_another_date():
+    from datetime import date
+
+    from pipelines.incremental import redated_documents
+
+    may, june = date(2024, 5, 1), date(2024, 6, 1)
+    stored = {"a": {"1": {"published": may}, "2": {"published": may}},
+              "b": {"3": {"published": None}},  # written before the column existed
+              "c": {"4": {"published": may}, "5": {"published": june}},
+              "d": {"6": {"published": None}}}
+    dates = {"a": may, "b": june, "c": june, "d": None, "new": june}
+    assert redated_documents(dates, stored) == {june: ["b", "c"]}
+    assert redated_documents({"a": None}, stored) == {None: ["a"]}  # a date that disappeared is cleared
