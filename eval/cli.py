@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from mmrag.cli import ConfigOption, DbOption, JsonOption, build_config, emit_json, fail, prepare_prefect_environment
+from mmrag.cli_search import ImageScoringOption
 
 eval_app = typer.Typer(
     name="eval",
@@ -156,6 +157,7 @@ def run(
     mode: Annotated[Optional[str], typer.Option("--mode", help="softmax | cosine")] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="softmax temperature of both targets")] = None,
     reranker: Annotated[Optional[str], typer.Option("--reranker", help="none | hybrid | llm | cross-encoder | model-score")] = None,
+    image_scoring: ImageScoringOption = None,
     embedder: EmbedderOption = None,
     chunking: ChunkingOption = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="parent of the run directory (default: reports/runs)")] = None,
@@ -165,7 +167,7 @@ def run(
         "store.db_uri": db, "embed.name": embedder, "chunking.strategy": chunking, "eval.target": target,
         "eval.queries": str(queries) if queries else None, "eval.out_dir": str(out) if out else None,
         "search.mode": mode, "search.reranker": reranker, "search.text_k": k, "search.image_k": k,
-        "search.text_temperature": temperature, "search.image_temperature": temperature,
+        "search.text_temperature": temperature, "search.image_temperature": temperature, "search.image_scoring": image_scoring,
     }
     cfg = build_config(config, overrides)
     if threshold is not None:
@@ -374,7 +376,13 @@ def answers(
     queries: Annotated[Optional[Path], typer.Option("--queries", help="eval set (JSON Lines); default eval.queries")] = None,
     run_dir: Annotated[Optional[Path], typer.Option("--run", help="answer from this eval run's hits instead of a new eval run")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="answer only the first N text queries")] = None,
-    judge: Annotated[Optional[str], typer.Option("--judge", help="OpenAI-compatible judge URL for faithfulness / answer relevancy (not implemented yet)")] = None,
+    judge: Annotated[Optional[str], typer.Option(
+        "--judge", help="judge LLM for faithfulness / answer relevancy: llamacpp:MODEL (the embedded model, served on "
+        "127.0.0.1 for the run), ollama:MODEL or openai:MODEL, each optionally @URL of its /v1 endpoint; 'none': off "
+        "(default eval.judge)")] = None,
+    judge_images: Annotated[Optional[bool], typer.Option(
+        "--judge-images/--no-judge-images", help="also give the judge the retrieved images (multimodal faithfulness / "
+        "relevance; the judge must accept images)")] = None,
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=8, help="answer length budget (default llm.max_tokens)")] = None,
     db: DbOption = None,
     config: ConfigOption = None,
@@ -382,11 +390,27 @@ def answers(
     k: Annotated[Optional[int], typer.Option("--k", min=1, help="text hits retrieved (default search.text_k)")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="parent of the run directory (default: reports/runs)")] = None,
 ) -> None:
-    """Generate answers with each --llm from retrieved contexts and score them (ROUGE, BLEU, chrF, similarity, context P/R)."""
-    if judge:
-        fail("--judge: LLM-judged metrics (faithfulness, answer relevancy) are not implemented yet")
-    cfg = build_config(config, {"store.db_uri": db, "eval.queries": str(queries) if queries else None, "eval.target": "text",
-                                "eval.out_dir": str(out) if out else None, "search.text_k": k, "llm.max_tokens": max_tokens})
+    """Generate answers with each --llm from retrieved contexts and score them with ragas (ROUGE, BLEU, chrF, similarity,
+    context P/R; with --judge also faithfulness and answer relevancy)."""
+    overrides: dict[str, Any] = {"store.db_uri": db, "eval.queries": str(queries) if queries else None, "eval.target": "text",
+                                 "eval.out_dir": str(out) if out else None, "search.text_k": k, "llm.max_tokens": max_tokens,
+                                 "eval.judge_images": judge_images}
+    cfg = build_config(config, overrides)
+    if cfg.eval.judge_images:  # the judge's images are the run's image hits
+        cfg = build_config(config, {**overrides, "eval.target": "both"})
+    from eval.judge import parse_judge_spec
+    from pipelines.llm.base import LlmError
+
+    judge_text = judge or cfg.eval.judge
+    judge_spec = None
+    if judge_text and judge_text.strip().lower() != "none":
+        try:
+            judge_spec = parse_judge_spec(judge_text, cfg.llm)
+        except LlmError as exc:
+            fail(str(exc))
+            return
+        if judge_spec.backend == "llamacpp" and cfg.eval.judge_images:
+            fail("--judge-images: the embedded llama.cpp judge reads text only; use a vision model (ollama:MODEL or openai:MODEL@URL)")
     entries_path = Path(cfg.eval.queries)
     entries = _load_entries(entries_path)
     from eval.answers import answer_run_dir, answer_summary
@@ -405,7 +429,7 @@ def answers(
             return
     embedder = create_embedder(cfg.embed)
     rows = answer_run_dir(run_dir, entries, cfg, llm, limit=limit, embed=embedder.embed_texts,
-                          log=lambda m: typer.echo(m, err=True))
+                          log=lambda m: typer.echo(m, err=True), judge=judge_spec)
     summary = answer_summary(rows)
     report_path = _write_run_report(run_dir, cfg.store.db_uri)
     if json_output:

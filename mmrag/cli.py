@@ -51,6 +51,11 @@ def index(
     per_host_delay: Annotated[Optional[float], typer.Option(help="seconds between request starts to one host")] = None,
     robots: Annotated[Optional[bool], typer.Option("--robots/--no-robots", help="honour robots.txt")] = None,
     images: Annotated[Optional[bool], typer.Option("--images/--no-images", help="download and verify images")] = None,
+    ocr: Annotated[Optional[bool], typer.Option("--ocr/--no-ocr", help="read the text printed in images into their text surrogate (images.ocr)")] = None,
+    caption_missing: Annotated[Optional[str], typer.Option(
+        "--caption-missing", metavar="LLM",
+        help="caption images that have no caption with this vision model, BACKEND:MODEL (ollama:llama3.2-vision, "
+        "openai:NAME); generated captions are stored with their model and prompt and added to the text surrogate")] = None,
     strict: Annotated[Optional[bool], typer.Option("--strict", help="exit 1 when any item failed")] = None,
     reparse: Annotated[Optional[bool], typer.Option("--reparse", help="parse again from stored raw responses, fetching only what was never stored")] = None,
     progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="progress bars (default: on a terminal)")] = None,
@@ -74,6 +79,9 @@ def index(
             "fetch.respect_robots": robots,
             "fetch.reparse_from_raw": reparse,
             "images.fetch": images,
+            "images.ocr": ocr,
+            "images.caption_missing": True if caption_missing else None,
+            "images.caption_llm": caption_missing,
             "strict": strict,
             "progress": False if json_output else progress,
         },

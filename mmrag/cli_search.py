@@ -18,9 +18,14 @@ import typer
 
 from mmrag.cli import ConfigOption, DbOption, JsonOption, build_config, emit_json, fail
 
+ImageScoringOption = Annotated[Optional[str], typer.Option(
+    "--image-scoring", help="images: mean (one vector per image, the original design) | max_query (best of BLIP-2's "
+    "query embeddings in vector_multi; blip2 tables only)")]
+
 LINE_KEYS = {
     "query", "image", "target", "mode", "k", "threshold", "temperature", "reranker", "candidates",
     "where", "url_prefix", "title", "section", "image_status", "fetched_since", "fetched_until",
+    "published_since", "published_until",
 }
 
 
@@ -39,6 +44,7 @@ def search(
     mode: Annotated[Optional[str], typer.Option("--mode", help="softmax (the original design) | cosine")] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="softmax temperature (default: 0.25 text, 0.5 images)")] = None,
     pool: Annotated[Optional[int], typer.Option("--pool", min=1, help="softmax over at most this many candidates (exact when the table is smaller)")] = None,
+    image_scoring: ImageScoringOption = None,
     reranker: Annotated[Optional[str], typer.Option("--reranker", help="none | hybrid | llm | cross-encoder | model-score")] = None,
     candidates: Annotated[Optional[int], typer.Option("--candidates", min=1, help="hits a reranker sees (N)")] = None,
     where: Annotated[Optional[str], typer.Option("--where", help="SQL filter over the table's columns (LanceDB where)")] = None,
@@ -48,13 +54,16 @@ def search(
     image_status: Annotated[Optional[str], typer.Option("--image-status", help="only images with this status (ok, not_fetched, …)")] = None,
     fetched_since: Annotated[Optional[str], typer.Option("--fetched-since", help="only documents fetched on/after (YYYY-MM-DD)")] = None,
     fetched_until: Annotated[Optional[str], typer.Option("--fetched-until", help="only documents fetched on/before (YYYY-MM-DD)")] = None,
+    published_since: Annotated[Optional[str], typer.Option("--published-since", help="only pages published on/after (YYYY-MM-DD; pages without a date are left out)")] = None,
+    published_until: Annotated[Optional[str], typer.Option("--published-until", help="only pages published on/before (YYYY-MM-DD; pages without a date are left out)")] = None,
     embedder: Annotated[Optional[str], typer.Option("--embedder", help="query embedder (must match the indexed vectors)")] = None,
     model_path: Annotated[Optional[str], typer.Option("--model-path", help="local checkpoint directory for the embedder")] = None,
     chunking: Annotated[Optional[str], typer.Option("--chunking", help="chunk table's chunking: paragraph | window | tokens")] = None,
     table_embedder: Annotated[Optional[str], typer.Option("--table-embedder", help="search tables of this embedder label (e.g. imported vectors)")] = None,
     cross_encoder: Annotated[Optional[str], typer.Option("--cross-encoder", help="cross-encoder reranker model (directory or cached hub id)")] = None,
-    llm_url: Annotated[Optional[str], typer.Option("--llm-url", help="llm reranker: OpenAI-compatible base URL (…/v1)")] = None,
-    llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="llm reranker: model name")] = None,
+    llm: Annotated[Optional[str], typer.Option("--llm", help="llm reranker's model: BACKEND:MODEL (default: the embedded llamacpp model)")] = None,
+    llm_url: Annotated[Optional[str], typer.Option("--llm-url", help="llm reranker: override with an OpenAI-compatible base URL (…/v1)")] = None,
+    llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="llm reranker: model name at --llm-url")] = None,
     stdin: Annotated[bool, typer.Option("--stdin", help="read one query per line from stdin, keeping the models loaded")] = False,
     db: DbOption = None,
     config: ConfigOption = None,
@@ -71,10 +80,12 @@ def search(
             "search.target": target,
             "search.mode": mode,
             "search.softmax_pool": pool,
+            "search.image_scoring": image_scoring,
             "search.reranker": reranker,
             "search.rerank_candidates": candidates,
             "search.table_embedder": table_embedder,
             "search.cross_encoder_model": cross_encoder,
+            "search.rerank_llm": llm,
             "search.llm_base_url": llm_url,
             "search.llm_model": llm_model,
         },
@@ -82,7 +93,8 @@ def search(
     from pipelines.retrieve import Filters, SearchError, Searcher
 
     filters = Filters(url_prefix=url_prefix, title=title, section=section, image_status=image_status,
-                      fetched_since=fetched_since, fetched_until=fetched_until, where=where)
+                      fetched_since=fetched_since, fetched_until=fetched_until, published_since=published_since,
+                      published_until=published_until, where=where)
     overrides = {"k": k, "threshold": threshold, "temperature": temperature}
     searcher = Searcher(cfg)
     if stdin:
@@ -107,18 +119,16 @@ def _serve_stdin(searcher: Any, filters: Any, overrides: dict[str, Any], json_ou
     """Answer one query per stdin line until EOF."""
     import dataclasses
 
-    from pipelines.retrieve import SearchError
+    from pipelines.retrieve import Filters, SearchError
 
+    filter_keys = {f.name for f in dataclasses.fields(Filters)}
     for number, line in enumerate(sys.stdin, 1):
         line = line.strip()
         if not line:
             continue
         try:
             args = parse_query_line(line)
-            line_filters = dataclasses.replace(
-                filters, **{key: args.pop(key) for key in list(args) if key in
-                            ("where", "url_prefix", "title", "section", "image_status", "fetched_since", "fetched_until")}
-            )
+            line_filters = dataclasses.replace(filters, **{key: args.pop(key) for key in list(args) if key in filter_keys})
             if "candidates" in args:
                 args["rerank_candidates"] = args.pop("candidates")
             query = args.pop("query", None)

@@ -12,12 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field in one line."""
+
+
+#: LLM backends that can send images to a model (``pipelines.llm``); ``llamacpp`` is text-only.
+VISION_BACKENDS = ("ollama", "openai")
 
 
 class _Section(BaseModel):
@@ -75,6 +79,42 @@ class ImageConfig(_Section):
     max_pixels: int = Field(50_000_000, gt=0, description="decoded pixels above this are a decompression bomb")
     thumbnail_px: int = Field(256, ge=16, le=2048)
     rasterise_svg: bool = True
+    ocr: bool = Field(
+        True,
+        description="read the text printed in each decoded image (once per distinct image; stored in images.ocr_text "
+        "and appended to the image's text surrogate); off: no OCR runs",
+    )
+    ocr_backend: Literal["auto", "rapidocr", "tesseract"] = Field(
+        "auto", description="OCR engine: auto = rapidocr when installed, else tesseract (see pipelines/ocr.py)"
+    )
+    caption_missing: bool = Field(
+        False,
+        description="caption enrichment: ask the vision LLM caption_llm to caption each decoded image that has no "
+        "caption (once per distinct image, model and prompt; stored in the image_captions table and the row's "
+        "generated_caption, and added to its text surrogate as 'Generated caption: …'; the row's caption stays empty)",
+    )
+    caption_llm: str = Field(
+        "ollama:llama3.2-vision",
+        description="caption enrichment: the vision model as BACKEND:MODEL, ollama:NAME (llm.ollama_host) or "
+        "openai:NAME (llm.openai_base_url); the embedded llamacpp backend is text-only and cannot caption",
+    )
+    caption_prompt: str = Field(
+        "Describe this figure in one or two sentences for a search index: what it shows, and any labels or text in it.",
+        description="caption enrichment: the instruction sent with each image (part of a stored caption's provenance)",
+    )
+    caption_max_tokens: int = Field(96, ge=8, le=2048, description="caption enrichment: length budget of one caption in tokens")
+
+    @field_validator("caption_llm")
+    @classmethod
+    def _caption_llm_sees_images(cls, spec: str) -> str:
+        backend = spec.partition(":")[0].strip().lower()
+        if backend == "llamacpp":
+            raise ValueError("the embedded llamacpp backend is text-only and cannot caption images; use a vision "
+                             "backend: ollama:MODEL (e.g. ollama:llama3.2-vision, ollama:llava) or openai:MODEL "
+                             "(an OpenAI-compatible endpoint serving a vision model)")
+        if backend not in VISION_BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}: use BACKEND:MODEL with a vision backend ({', '.join(VISION_BACKENDS)})")
+        return spec
 
 
 class EmbedConfig(_Section):
@@ -118,6 +158,12 @@ class SearchConfig(_Section):
     image_threshold: float = Field(0.25, ge=0, le=1, description="softmax mode: minimum image score (design: 0.25)")
     image_temperature: float = Field(0.5, gt=0, description="softmax mode: temperature for images (design: 0.5)")
     cosine_threshold: float = Field(-1.0, ge=-1, le=1, description="cosine mode: minimum cosine similarity (-1: keep all)")
+    image_scoring: Literal["mean", "max_query"] = Field(
+        "mean",
+        description="how image rows are scored against a query vector: mean = the one 'vector' per image (BLIP-2: "
+        "the mean of its 32 query embeddings, the original design); max_query = the best of the image's query "
+        "embeddings in 'vector_multi' (BLIP-2's own image-text score; blip2 image tables only)",
+    )
     softmax_pool: int | None = Field(
         10_000,
         ge=1,
@@ -149,13 +195,25 @@ class SearchConfig(_Section):
     cross_encoder_model: str | None = Field(
         None, description="cross-encoder reranker: a local directory or a Hugging Face id already in the local cache"
     )
-    llm_base_url: str | None = Field(
-        None, description="llm reranker: OpenAI-compatible API base URL with logprobs, e.g. http://127.0.0.1:8080/v1"
+    rerank_llm: str | None = Field(
+        None,
+        description="llm reranker: its model as BACKEND:MODEL, like `mmrag ask --llm` (llamacpp:qwen2.5-coder-0.5b, "
+        "openai:NAME at llm.openai_base_url, ollama:NAME at llm.ollama_host); default: the llm section's backend and "
+        "model, i.e. the embedded llama.cpp model offline. The backend must return token log-probabilities",
     )
-    llm_model: str = Field("local", description="llm reranker: model name sent to the endpoint")
-    llm_api_key_env: str | None = Field(None, description="llm reranker: environment variable holding a bearer token")
-    llm_timeout_s: float = Field(60.0, gt=0)
-    llm_concurrency: int = Field(4, ge=1, le=64, description="llm reranker: requests in flight")
+    llm_base_url: str | None = Field(
+        None,
+        description="llm reranker: override, an OpenAI-compatible API base URL with logprobs (e.g. "
+        "http://127.0.0.1:8080/v1); when set, the openai backend at this URL with llm_model is used",
+    )
+    llm_model: str = Field("local", description="llm reranker: model name sent to llm_base_url (with that override only)")
+    llm_api_key_env: str | None = Field(
+        None, description="llm reranker: environment variable holding llm_base_url's key (default: llm.openai_api_key_env)"
+    )
+    llm_timeout_s: float = Field(60.0, gt=0, description="llm reranker: seconds to wait for a remote backend")
+    llm_concurrency: int = Field(
+        4, ge=1, le=64, description="llm reranker: requests in flight to a remote backend (the embedded model runs one at a time)"
+    )
 
 
 class LlmConfig(_Section):
@@ -190,10 +248,6 @@ class LlmConfig(_Section):
     cache_dir: str = Field(".mmrag/models", description="where llamacpp GGUF models are assembled from their part packages")
     n_ctx: int = Field(4096, ge=256, le=131072, description="llamacpp context window in tokens")
     n_threads: int | None = Field(None, ge=1, description="llamacpp CPU threads; default: all cores")
-    caption_prompt: str = Field(
-        "Describe this figure in one or two sentences for a search index: what it shows, and any labels or text in it.",
-        description="prompt for caption enrichment of images without a caption",
-    )
 
 
 class OpsConfig(_Section):
@@ -232,12 +286,23 @@ class OpsConfig(_Section):
     dask_workers: int = Field(2, ge=1, le=256, description="local cluster only")
     dask_processes: bool = Field(False, description="local cluster only: process workers (tasks and their inputs are pickled)")
     embed_task_rows: int = Field(512, ge=1, description="texts per embedding task (the unit distributed over workers)")
-    fetch_task_pages: int = Field(16, ge=1, le=10_000, description="pages per fetch task (fetched on threads inside it)")
+    fetch_task_pages: int = Field(
+        16, ge=1, le=10_000,
+        description="Dask: pages per fetch task (fetched on threads inside it); on threads one task fetches a page batch",
+    )
     # scheduled runs
     deployment_name: str = "nightly-incremental"
     schedule_cron: str = Field("0 2 * * *", description="cron of `mmrag serve`")
     schedule_timezone: str = "UTC"
     schedule_sources: list[str] = Field(default_factory=list, description="sources of scheduled runs (`mmrag serve` arguments win)")
+    sweep_deployment_name: str = Field("weekly-sweep-gate", description="deployment name of the scheduled sweep + gate")
+    sweep_cron: str = Field("0 4 * * 0", description="cron of the sweep + gate deployment `mmrag serve` also serves")
+    sweep_grid: str = Field("eval/grids/sample.yaml", description="grid file (YAML/JSON) of scheduled sweeps")
+    gate_baseline: str = Field("eval/baselines/sample.json", description="baseline file the scheduled gate compares with")
+    gate_metrics: list[str] = Field(
+        ["recall@5", "ndcg@10", "mrr"], min_length=1,
+        description="metrics the scheduled gate checks (specs as `mmrag eval gate --metric`, e.g. text:recall@5)",
+    )
 
 
 class EvalConfig(_Section):
@@ -260,6 +325,27 @@ class EvalConfig(_Section):
     random_seed: int = Field(
         42, description="fisher test: seed given to ranx (its parallel sampler is not bit-reproducible: p-values vary ~±0.02)"
     )
+    # answer quality (`mmrag eval answers`)
+    judge: str | None = Field(
+        None,
+        description="judge LLM of `mmrag eval answers` (faithfulness, answer relevancy): llamacpp[:MODEL] = the embedded "
+        "model served on 127.0.0.1 for the run; ollama[:MODEL][@URL] = Ollama's /v1; openai:MODEL[@URL] = any "
+        "OpenAI-compatible endpoint (default URL llm.openai_base_url); none: no judged metrics",
+    )
+    judge_images: bool = Field(
+        False, description="send retrieved images to the judge (MultiModalFaithfulness/Relevance); only for a judge that accepts images"
+    )
+    judge_output: Literal["json_schema", "json"] = Field(
+        "json_schema",
+        description="how the judge is asked for structured output: json_schema = response_format with the schema "
+        "(llama.cpp and Ollama constrain decoding to it); json = JSON mode, schema in the prompt (ragas' default)",
+    )
+    judge_max_tokens: int = Field(1024, ge=64, le=32768, description="judge output budget per call")
+    judge_strictness: int = Field(
+        1, ge=1, le=10, description="answer relevancy: questions generated per answer (ragas' default 3; each is one judge call)"
+    )
+    judge_timeout_s: float = Field(600.0, gt=0, description="seconds to wait for one judge call")
+    judge_max_retries: int = Field(1, ge=0, le=5, description="judge calls repeated when the output does not fit the schema")
 
 
 class MmragConfig(BaseSettings):

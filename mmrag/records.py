@@ -129,6 +129,7 @@ class Chunk:
     token_count: int
     strategy: str
     truncated: bool = False
+    published: str | None = None  # the document's publication date (YYYY-MM-DD), copied so filters need no join
 
     @property
     def content_hash(self) -> str:

@@ -275,6 +275,7 @@ def chunk_document(
                     token_count=n_tokens,
                     strategy=strategy,
                     truncated=truncated,
+                    published=doc.published,
                 )
             )
     return chunks

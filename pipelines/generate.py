@@ -22,7 +22,7 @@ an ``IndexStore`` handed in.
 from __future__ import annotations
 
 import mimetypes
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from mmrag.config import LlmConfig
+from mmrag.config import ImageConfig, LlmConfig
 from mmrag.records import sha256_hex, stable_id
-from pipelines.llm.base import ChatBackend, ChatMessage, GenerationOptions, ImageInput, StreamEvent, Usage, collect
+from pipelines.llm.base import ChatBackend, ChatMessage, GenerationOptions, ImageInput, LlmError, StreamEvent, Usage, collect
 
 if TYPE_CHECKING:
     from pipelines.store import IndexStore
@@ -321,12 +321,21 @@ def load_image_blobs(store: "IndexStore", sha256s: Iterable[str]) -> dict[str, t
     rows = store.read_where(IMAGE_BLOBS, ["sha256", "format", "is_raster", "data", "raster_png"], "sha256", wanted).to_pylist()
     blobs: dict[str, tuple[bytes, str]] = {}
     for row in rows:
-        if row.get("raster_png") and not row.get("is_raster"):
-            blobs[row["sha256"]] = (row["raster_png"], "image/png")
-        elif row.get("data") and row.get("is_raster", True):
-            fmt = (row.get("format") or "png").lower()
-            blobs[row["sha256"]] = (row["data"], f"image/{'jpeg' if fmt in ('jpg', 'jpeg', 'mpo') else fmt}")
+        image = model_image(row.get("data"), row.get("format"), row.get("is_raster"), row.get("raster_png"))
+        if image is not None:
+            blobs[row["sha256"]] = image
     return blobs
+
+
+def model_image(data: bytes | None, fmt: str | None, is_raster: bool | None, raster_png: bytes | None) -> tuple[bytes, str] | None:
+    """The bytes and MIME type a vision model is given for an image: its PNG rendering for a vector image
+    (SVG), else its own bytes; None when there is nothing a model can decode (an SVG never rendered)."""
+    if raster_png and not is_raster:
+        return raster_png, "image/png"
+    if data and is_raster in (None, True):
+        fmt = (fmt or "png").lower()
+        return data, f"image/{'jpeg' if fmt in ('jpg', 'jpeg', 'mpo') else fmt}"
+    return None
 
 
 def image_inputs(hits: Sequence[HitLike], blobs: dict[str, tuple[bytes, str]], query_image: ImageInput | None, limit: int) -> list[ImageInput]:
@@ -434,6 +443,76 @@ def image_captions_schema():
     ])
 
 
+#: Backend failures that mean no image can be captioned (as opposed to one image failing).
+FATAL_CAPTION_ERRORS = ("unreachable", "model_not_found", "images_rejected", "runtime_missing", "bad_spec")
+
+
+def caption_id(image_sha256: str, model: str, prompt: str) -> str:
+    """Key of one generated caption: the image content, the model and the prompt that made it."""
+    return stable_id("caption", image_sha256, model, sha256_hex(prompt))
+
+
+@dataclass
+class CaptionBatch:
+    """What :func:`caption_images` made: ``image_captions`` rows, per-image failures (sha256 -> message),
+    and ``fatal``, the error that stopped the batch (the images after it were not asked), if any."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    fatal: LlmError | None = None
+
+
+def caption_images(backend: ChatBackend, blobs: dict[str, tuple[bytes, str]], prompt: str, *, max_tokens: int = 96,
+                   temperature: float = 0.0, on_image: Callable[[int], None] | None = None) -> CaptionBatch:
+    """Ask vision ``backend`` for a caption of each image (``{sha256: (bytes, MIME)}``), one request per image.
+
+    A failure of one image (server error, empty answer) is recorded in ``errors`` and the next is
+    asked; a failure that rules out every image (:data:`FATAL_CAPTION_ERRORS`) ends the batch in ``fatal``.
+    """
+    batch = CaptionBatch()
+    options = GenerationOptions(max_tokens=max_tokens, temperature=temperature)
+    for sha, (data, mime) in blobs.items():
+        try:
+            result = collect(backend.generate([ChatMessage("user", prompt)], [ImageInput(data=data, mime_type=mime)],
+                                              stream=False, options=options))
+        except LlmError as exc:
+            if exc.kind in FATAL_CAPTION_ERRORS:
+                batch.fatal = exc
+                break
+            batch.errors[sha] = str(exc)
+            continue
+        finally:
+            if on_image is not None:
+                on_image(1)
+        caption = " ".join(result.text.split())
+        if not caption:
+            batch.errors[sha] = f"{backend.name}:{backend.model} returned an empty caption"
+            continue
+        batch.rows.append({
+            "id": caption_id(sha, backend.model, prompt), "image_sha256": sha, "caption": caption, "backend": backend.name,
+            "model": backend.model, "prompt": prompt, "prompt_sha256": sha256_hex(prompt),
+            "completion_tokens": result.usage.completion_tokens, "seconds": result.usage.total_s,
+            "created_at": datetime.now(timezone.utc),
+        })
+    return batch
+
+
+def store_captions(store: "IndexStore", rows: Sequence[dict[str, Any]]) -> int:
+    """Write generated-caption rows (from :func:`caption_images`) to the ``image_captions`` table; returns how many."""
+    import pyarrow as pa
+
+    return store.upsert(IMAGE_CAPTIONS, pa.Table.from_pylist(list(rows), schema=image_captions_schema()))
+
+
+def stored_captions(store: "IndexStore", sha256s: Iterable[str], model: str, prompt: str) -> dict[str, str]:
+    """Captions already generated for ``sha256s`` by exactly ``model`` with exactly ``prompt``, by sha256."""
+    ids = {caption_id(sha, model, prompt): sha for sha in dict.fromkeys(sha256s) if sha}
+    if not ids or not store.has_table(IMAGE_CAPTIONS):
+        return {}
+    rows = store.read_where(IMAGE_CAPTIONS, ["id", "caption"], "id", ids).to_pylist()
+    return {ids[row["id"]]: row["caption"] for row in rows}
+
+
 @dataclass
 class EnrichSummary:
     """What :func:`enrich_captions` did."""
@@ -454,58 +533,34 @@ def enrich_captions(store: "IndexStore", image_table: str, backend: ChatBackend,
     provenance (backend, model, prompt, tokens, time), so the same picture on many pages is captioned
     once and re-runs skip what is done. Read them with :func:`generated_captions`. A backend that cannot
     see images raises ``LlmError`` (``images_rejected``); a failure on one image is counted, not raised,
-    unless the server is unreachable.
+    unless no image can be captioned (:data:`FATAL_CAPTION_ERRORS`). The ``index`` flow runs the same
+    captioning as a stage (``images.caption_missing``); this works on an existing table.
     """
-    import pyarrow as pa
-
-    from pipelines.llm.base import LlmError
-
     if not backend.supports_images:
         raise LlmError("images_rejected", f"caption enrichment needs a vision model; {backend.name}:{backend.model} is text only")
-    prompt = prompt or LlmConfig().caption_prompt
-    prompt_sha = sha256_hex(prompt)
+    prompt = prompt or ImageConfig().caption_prompt
     summary = EnrichSummary()
     table = store.open_table(image_table)
     rows = table.to_lance().to_table(columns=["image_sha256", "caption_missing", "status"],
                                      filter="caption_missing = true AND image_sha256 IS NOT NULL").to_pylist()
     shas = list(dict.fromkeys(r["image_sha256"] for r in rows if r["image_sha256"] and r.get("status") in (None, "ok")))
     summary.candidates = len(shas)
-    ids = {sha: stable_id("caption", sha, backend.model, prompt_sha) for sha in shas}
-    done = store.existing_keys(IMAGE_CAPTIONS, "id", ids.values()) if store.has_table(IMAGE_CAPTIONS) else set()
-    todo = [sha for sha in shas if ids[sha] not in done]
-    summary.already_done = len(shas) - len(todo)
+    done = stored_captions(store, shas, backend.model, prompt)
+    todo = [sha for sha in shas if sha not in done]
+    summary.already_done = len(done)
     if limit is not None:
         todo = todo[:limit]
     blobs = load_image_blobs(store, todo)
-    options = GenerationOptions(max_tokens=max_tokens, temperature=temperature)
-    new_rows = []
-    for sha in todo:
-        if sha not in blobs:
-            summary.no_bytes += 1
-            continue
-        data, mime = blobs[sha]
-        try:
-            result = collect(backend.generate([ChatMessage("user", prompt)], [ImageInput(data=data, mime_type=mime)],
-                                              stream=False, options=options))
-        except LlmError as exc:
-            if exc.kind in ("unreachable", "model_not_found", "images_rejected", "runtime_missing"):
-                raise
-            summary.failed += 1
-            summary.errors.append(f"{sha[:12]}: {exc}")
-            continue
-        caption = " ".join(result.text.split())
-        if not caption:
-            summary.failed += 1
-            summary.errors.append(f"{sha[:12]}: empty caption")
-            continue
-        new_rows.append({
-            "id": ids[sha], "image_sha256": sha, "caption": caption, "backend": backend.name, "model": backend.model,
-            "prompt": prompt, "prompt_sha256": prompt_sha, "completion_tokens": result.usage.completion_tokens,
-            "seconds": result.usage.total_s, "created_at": datetime.now(timezone.utc),
-        })
-    if new_rows:
-        store.upsert(IMAGE_CAPTIONS, pa.Table.from_pylist(new_rows, schema=image_captions_schema()))
-    summary.captioned = len(new_rows)
+    summary.no_bytes = sum(1 for sha in todo if sha not in blobs)
+    batch = caption_images(backend, {sha: blobs[sha] for sha in todo if sha in blobs}, prompt,
+                           max_tokens=max_tokens, temperature=temperature)
+    if batch.rows:
+        store_captions(store, batch.rows)
+    if batch.fatal is not None:
+        raise batch.fatal
+    summary.failed = len(batch.errors)
+    summary.errors = [f"{sha[:12]}: {message}" for sha, message in batch.errors.items()]
+    summary.captioned = len(batch.rows)
     return summary
 
 

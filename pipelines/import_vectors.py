@@ -8,6 +8,7 @@ Input: a vectors file and a content file with one record per vector, in the same
 * Content: a JSON list or JSON Lines of objects. Text records: ``text`` (required),
   ``article_title``, ``section``, optional ``doc_url``/``url`` and ``section_path``. Image records:
   ``image_path`` (or ``src_url``), ``caption``, ``article_title``, ``section``, optional ``doc_url``.
+  Either kind may carry ``published``, the document's publication date (``YYYY-MM-DD``).
 
 Rows are written to ``chunks__<label>__<chunking_key>`` or ``images__<label>`` (``label`` names
 the vectors' embedder, e.g. ``clip-vit-b16-precomputed``) with every column of our schemas, so
@@ -129,6 +130,15 @@ def _section_path(record: dict[str, Any]) -> tuple[str, ...]:
     return (str(section),) if section else ()
 
 
+def _published(record: dict[str, Any], number: int, kind: str) -> str | None:
+    value = record.get("published")
+    if value is None or value == "":
+        return None
+    if row_builders.published_value(str(value)) is None or len(str(value)) != 10:
+        raise VectorImportError(f"{kind} record {number}: 'published' must be a date as YYYY-MM-DD, got {value!r}")
+    return str(value)
+
+
 def text_chunks(records: list[dict[str, Any]], *, chunking_key: str = DEFAULT_CHUNKING_KEY) -> list[Chunk]:
     """Chunk records of text content, positions counted per document in file order."""
     positions: Counter[str] = Counter()
@@ -149,6 +159,7 @@ def text_chunks(records: list[dict[str, Any]], *, chunking_key: str = DEFAULT_CH
                 text=text,
                 token_count=0,
                 strategy=chunking_key,
+                published=_published(record, number, "text"),
             )
         )
         positions[doc_url] += 1
@@ -195,6 +206,7 @@ def image_occurrences(
                 info=info,
                 data=data,
                 error=None if status != "not_fetched" else f"image file not found under {images_root}",
+                published=_published(record, number, "image"),
             )
         )
     return occurrences

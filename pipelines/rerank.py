@@ -8,8 +8,10 @@ name             score                                                          
                  full-text search (BM25) over the same filtered table                 ``text`` (chunks) / ``surrogate_text``
                                                                                       (images), created or brought up to date
                                                                                       on first use (``search.fts_auto_index``)
-``llm``          a chat model's probability of answering "yes" to "is this passage    a text query; ``search.llm_base_url``: an
-                 relevant?" (:class:`OpenAIChatRelevanceScorer`)                       OpenAI-compatible endpoint with logprobs
+``llm``          a chat model's probability of answering "yes" to "is this passage    a text query; an LLM backend that returns
+                 relevant?" (:class:`LlmRelevanceScorer`), through the LLM backends    token log-probabilities: the embedded
+                 (``search.rerank_llm`` = ``BACKEND:MODEL``, else the ``llm``          llama.cpp model offline, or ``openai``/
+                 section's; ``search.llm_base_url`` overrides with an endpoint)       ``ollama`` servers that support logprobs
 ``cross-encoder`` a sentence-transformers ``CrossEncoder`` over (query, passage)       a text query; ``search.cross_encoder_model``
                                                                                       (a local directory or a cached hub id)
 ``model-score``  the embedder's own image-text score: BLIP-2's max over the 32 query  target images, a text query, an embedder
@@ -40,7 +42,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from mmrag.config import ImageConfig, SearchConfig
+from mmrag.config import ImageConfig, LlmConfig, SearchConfig
+from pipelines.llm.base import ChatMessage, LlmError, LogprobsBackend
 from pipelines.retrieve import (
     IMAGE_COLUMNS,
     TEXT_COLUMNS,
@@ -140,90 +143,82 @@ RELEVANCE_SYSTEM_PROMPT = (
 )
 
 
-def relevance_messages(query: str, passage: str) -> list[dict[str, str]]:
+def relevance_messages(query: str, passage: str) -> list[ChatMessage]:
     """The chat messages asking whether ``passage`` is relevant to ``query``."""
     return [
-        {"role": "system", "content": RELEVANCE_SYSTEM_PROMPT},
-        {
-            "role": "user",
-            "content": f"Query: {query}\n\nPassage: {passage}\n\nIs the passage relevant to the query? Answer yes or no.",
-        },
+        ChatMessage("system", RELEVANCE_SYSTEM_PROMPT),
+        ChatMessage(
+            "user", f"Query: {query}\n\nPassage: {passage}\n\nIs the passage relevant to the query? Answer yes or no."
+        ),
     ]
 
 
-class OpenAIChatRelevanceScorer:
-    """Relevance = probability of "yes" from an OpenAI-compatible ``/chat/completions`` endpoint with logprobs.
+LOGPROBS_BACKENDS = (
+    "llamacpp (the embedded offline default), openai:MODEL on a server that returns logprobs (llama.cpp server, "
+    "vLLM, OpenAI), or ollama:MODEL on Ollama 0.12.11 or newer"
+)
 
-    One request per passage (``max_tokens=1``, ``temperature=0``, ``logprobs=true``,
-    ``top_logprobs``), ``concurrency`` in flight. Works with llama.cpp's server, vLLM, the
-    OpenAI API. When neither "yes" nor "no" is among the top tokens, the sampled token decides
-    (1.0 for yes, else 0.0). A response without logprobs is an error: this scorer needs them.
+
+class LlmRelevanceScorer:
+    """Relevance = probability of "yes" from an LLM backend's log-probabilities of a one-token answer.
+
+    One greedy one-token call per passage through :meth:`~pipelines.llm.base.LogprobsBackend.first_token_logprobs`
+    (``concurrency`` in flight; the embedded llama.cpp model runs them one at a time). The score is
+    P("yes") / (P("yes") + P("no")) over the top tokens (:func:`yes_probability`); when neither is
+    among them, the generated token decides (1.0 for yes, else 0.0). A backend or server that cannot
+    return log-probabilities is :class:`RerankerUnavailable`, naming backends that can.
+
+    Cost: one prompt evaluation per candidate. The embedded 0.5B model took ~0.45 s per passage on
+    one thread of the shared 2-core machine (an upper bound), so keep ``search.rerank_candidates``
+    small with it.
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        model: str = "local",
-        *,
-        api_key: str | None = None,
-        timeout_s: float = 60.0,
-        concurrency: int = 4,
-        top_logprobs: int = 10,
-    ):
-        import httpx
-
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model = model
-        self.top_logprobs = top_logprobs
+    def __init__(self, backend: Any, *, concurrency: int = 1, top_logprobs: int = 10):
+        if not isinstance(backend, LogprobsBackend):
+            raise RerankerUnavailable(
+                f"reranker 'llm': the {getattr(backend, 'name', type(backend).__name__)} backend cannot return token "
+                f"log-probabilities; use {LOGPROBS_BACKENDS} (--llm BACKEND:MODEL)"
+            )
+        self.backend = backend
         self.concurrency = concurrency
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(timeout=timeout_s, headers=headers)
+        self.top_logprobs = top_logprobs
 
     def score(self, query: str, passages: Sequence[str]) -> list[float]:
         """P(yes) for each passage, in order."""
         if not passages:
             return []
+        if self.concurrency <= 1 or len(passages) == 1:
+            return [self.score_one(query, p) for p in passages]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(passages))) as pool:
             return list(pool.map(lambda p: self.score_one(query, p), passages))
 
     def score_one(self, query: str, passage: str) -> float:
         """P(yes) for one passage."""
-        import httpx
-
-        body = {
-            "model": self.model,
-            "messages": relevance_messages(query, passage),
-            "max_tokens": 1,
-            "temperature": 0,
-            "logprobs": True,
-            "top_logprobs": self.top_logprobs,
-        }
         try:
-            response = self._client.post(self.url, json=body)
-        except httpx.HTTPError as exc:
-            raise RerankError(f"llm reranker: request to {self.url} failed: {type(exc).__name__}: {exc}") from None
-        if response.status_code != 200:
-            detail = (response.text.strip().splitlines() or [""])[0][:200]
-            raise RerankError(f"llm reranker: {self.url} answered HTTP {response.status_code}: {detail}")
-        try:
-            choice = response.json()["choices"][0]
-            content = (choice.get("logprobs") or {}).get("content") or []
-            sampled = str((choice.get("message") or {}).get("content") or "")
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            raise RerankError(f"llm reranker: {self.url} returned a malformed chat completion") from None
-        if not content:
-            raise RerankError(
-                f"llm reranker: {self.url} returned no logprobs; it needs an OpenAI-compatible server that "
-                "supports logprobs/top_logprobs (llama.cpp server, vLLM, OpenAI)"
-            )
-        probability = yes_probability(content[0].get("top_logprobs") or [content[0]])
+            first = self.backend.first_token_logprobs(relevance_messages(query, passage), top_logprobs=self.top_logprobs)
+        except LlmError as exc:
+            if exc.kind == "no_logprobs":
+                raise RerankerUnavailable(f"reranker 'llm': {exc}; use {LOGPROBS_BACKENDS}") from None
+            raise RerankError(f"reranker 'llm': {exc}") from None
+        probability = yes_probability(first.top_logprobs)
         if probability is None:
-            return 1.0 if sampled.strip().lower().startswith("yes") else 0.0
+            return 1.0 if first.token.strip().lower().startswith("yes") else 0.0
         return probability
 
-    def close(self) -> None:
-        """Close the HTTP connection pool."""
-        self._client.close()
+
+def llm_reranker_backend(search: SearchConfig, llm: LlmConfig) -> Any:
+    """The backend the ``llm`` reranker asks: ``search.llm_base_url`` (openai backend) if set, else ``search.rerank_llm``
+    (``BACKEND:MODEL``), else the ``llm`` section's backend and model. Remote calls wait ``search.llm_timeout_s``."""
+    from pipelines.llm import make_backend
+    from pipelines.llm.openai_backend import OpenAIBackend
+
+    if search.llm_base_url:
+        return OpenAIBackend(search.llm_model, search.llm_base_url, api_key_env=search.llm_api_key_env or llm.openai_api_key_env,
+                             timeout_s=search.llm_timeout_s, max_retries=llm.max_retries)
+    try:
+        return make_backend(llm.model_copy(update={"timeout_s": search.llm_timeout_s}), search.rerank_llm)
+    except LlmError as exc:
+        raise RerankerUnavailable(f"reranker 'llm': {exc}") from None
 
 
 class CrossEncoderScorer:
@@ -434,14 +429,17 @@ def reranker_needs() -> dict[str, str]:
     return {
         "none": NoReranker.needs,
         "hybrid": HybridReranker.needs,
-        "llm": "search.llm_base_url: an OpenAI-compatible endpoint with logprobs",
+        "llm": "an LLM backend with token log-probabilities (search.rerank_llm; default the embedded llama.cpp model)",
         "cross-encoder": "search.cross_encoder_model: a local CrossEncoder directory or cached hub id",
         "model-score": ModelScoreReranker.needs,
     }
 
 
-def create_reranker(name: str, cfg: SearchConfig, *, scorer: RelevanceScorer | None = None) -> Reranker:
-    """The reranker ``name`` configured from ``cfg``; ``scorer`` replaces the llm/cross-encoder scorer (tests).
+def create_reranker(name: str, cfg: SearchConfig, *, llm: LlmConfig | None = None,
+                    scorer: RelevanceScorer | None = None) -> Reranker:
+    """The reranker ``name`` configured from ``cfg`` (and ``llm``, the LLM backends' settings, for ``llm``).
+
+    ``scorer`` replaces the llm/cross-encoder scorer (any :class:`RelevanceScorer`).
 
     Raises :class:`RerankerUnavailable` naming the missing setting.
     """
@@ -451,17 +449,10 @@ def create_reranker(name: str, cfg: SearchConfig, *, scorer: RelevanceScorer | N
         return HybridReranker(rrf_k=cfg.rrf_k, auto_index=cfg.fts_auto_index)
     if name == "llm":
         if scorer is None:
-            if not cfg.llm_base_url:
-                raise RerankerUnavailable(
-                    "reranker 'llm' needs search.llm_base_url: an OpenAI-compatible endpoint with logprobs "
-                    "(e.g. --llm-url http://127.0.0.1:8080/v1)"
-                )
-            api_key = os.environ.get(cfg.llm_api_key_env) if cfg.llm_api_key_env else None
-            scorer = OpenAIChatRelevanceScorer(
-                cfg.llm_base_url, cfg.llm_model, api_key=api_key, timeout_s=cfg.llm_timeout_s,
-                concurrency=cfg.llm_concurrency,
-            )
-        return ScorerReranker("llm", scorer, "an OpenAI-compatible chat endpoint with logprobs")
+            backend = llm_reranker_backend(cfg, llm or LlmConfig())
+            concurrency = 1 if backend.name == "llamacpp" else cfg.llm_concurrency
+            scorer = LlmRelevanceScorer(backend, concurrency=concurrency)
+        return ScorerReranker("llm", scorer, "an LLM backend with token log-probabilities")
     if name == "cross-encoder":
         if scorer is None:
             if not cfg.cross_encoder_model:

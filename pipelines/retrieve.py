@@ -31,9 +31,22 @@ most N rows this *is* the exact computation (:attr:`SearchResult.softmax_exact` 
 ran). Over a pool, the ranking is unchanged and every score is an upper bound of the exact one
 (the denominator misses the tail), so a pool can let more hits pass the threshold.
 
+**Image scoring** (``search.image_scoring``). ``mean`` compares the query with each image row's one
+``vector``: CLIP's image embedding, a text surrogate's embedding, or, for BLIP-2, the mean of the
+image's 32 query embeddings re-normalised (what the original design stored). ``max_query`` (BLIP-2
+image tables only) searches the ``vector_multi`` column with LanceDB's multivector search: for a
+single query vector its late-interaction score is the largest cosine over the image's query
+embeddings, which is BLIP-2's own image-text (ITC) score (:meth:`Blip2Embedder.itm_score
+<pipelines.blip2_embedder.Blip2Embedder.itm_score>`). The two rank differently: the mean blurs an
+image whose one query matches the text strongly with the others that do not. The mode's
+similarity, threshold and softmax then apply to the chosen score. Rows embedded from their text
+surrogate hold that one vector in ``vector_multi``, so both scorings give them their cosine.
+
 Filters are LanceDB ``where`` clauses (:class:`Filters`, :func:`compile_where`): a URL prefix,
-article title, section (with its subsections), image status, a fetch-date range (through the
-``documents`` table) and any raw SQL.
+article title, section (with its subsections), image status, a publication-date range (the
+``published`` column each chunk and image row carries), a fetch-date range (through the
+``documents`` table) and any raw SQL. Rows whose page showed no publication date hold null there,
+and a publication-date range excludes them.
 
 Warm path: :class:`Searcher` loads the embedder once (lazily, on the first text or image query)
 and keeps tables open between queries; the CLI's ``mmrag search --stdin`` keeps one alive for a
@@ -143,7 +156,10 @@ class Filters:
     section or one of its subsections (``"Intro"`` matches ``"Intro"`` and ``"Intro > Details"``).
     ``image_status``: image rows only (``ok``, ``http_404``, ``not_fetched``, …). ``fetched_since`` /
     ``fetched_until``: the document's fetch time (UTC, inclusive; dates or ISO datetimes), resolved
-    through the ``documents`` table. ``where``: raw SQL over the table's columns, ANDed with the rest.
+    through the ``documents`` table. ``published_since`` / ``published_until``: the page's
+    publication date (``YYYY-MM-DD``, inclusive), read from the ``published`` column of the searched
+    table; rows without a known date are excluded by either bound. ``where``: raw SQL over the
+    table's columns, ANDed with the rest.
     """
 
     url_prefix: str | None = None
@@ -152,12 +168,19 @@ class Filters:
     image_status: str | None = None
     fetched_since: str | None = None
     fetched_until: str | None = None
+    published_since: str | None = None
+    published_until: str | None = None
     where: str | None = None
 
     @property
     def has_dates(self) -> bool:
         """Whether a fetch-date range is set (needs the ``documents`` table)."""
         return bool(self.fetched_since or self.fetched_until)
+
+    @property
+    def has_published(self) -> bool:
+        """Whether a publication-date range is set (needs the ``published`` column)."""
+        return bool(self.published_since or self.published_until)
 
 
 def parse_when(value: str, *, end_of_day: bool = False) -> datetime:
@@ -175,12 +198,32 @@ def parse_when(value: str, *, end_of_day: bool = False) -> datetime:
 
 def dates_where(filters: Filters) -> str | None:
     """The ``documents`` filter of the fetch-date range (``fetched_at``), or None without one."""
-    clauses = []
-    if filters.fetched_since:
-        clauses.append(f"fetched_at >= TIMESTAMP {sql_quote(_sql_time(parse_when(filters.fetched_since)))}")
-    if filters.fetched_until:
-        clauses.append(f"fetched_at <= TIMESTAMP {sql_quote(_sql_time(parse_when(filters.fetched_until, end_of_day=True)))}")
+    since, until = filters.fetched_since, filters.fetched_until
+    return _bounds_where("fetched_at", "TIMESTAMP", since and _sql_time(parse_when(since)),
+                         until and _sql_time(parse_when(until, end_of_day=True)))
+
+
+def _bounds_where(column: str, sql_type: str, lower: str | None, upper: str | None) -> str | None:
+    """``column >= TYPE 'lower' AND column <= TYPE 'upper'`` for the bounds given, or None without any."""
+    clauses = [f"{column} {op} {sql_type} {sql_quote(value)}" for op, value in ((">=", lower), ("<=", upper)) if value]
     return " AND ".join(clauses) or None
+
+
+def parse_day(value: str) -> date:
+    """A date from ``YYYY-MM-DD`` (raises :class:`SearchError` naming the value otherwise)."""
+    try:
+        return date.fromisoformat(value.strip())
+    except (ValueError, AttributeError):
+        raise SearchError(f"invalid publication date {value!r}: use YYYY-MM-DD") from None
+
+
+def published_where(filters: Filters) -> str | None:
+    """The clause of the publication-date range on the ``published`` column, or None without one.
+
+    SQL comparisons with null are not true, so rows without a known date never pass a bound.
+    """
+    since, until = filters.published_since, filters.published_until
+    return _bounds_where("published", "date", since and parse_day(since).isoformat(), until and parse_day(until).isoformat())
 
 
 def _sql_time(moment: datetime) -> str:
@@ -208,6 +251,8 @@ def compile_where(filters: Filters | None, *, target: Target, doc_urls: Sequence
         )
     if filters.image_status and target == "images":
         clauses.append(f"status = {sql_quote(filters.image_status)}")
+    if filters.has_published:
+        clauses.append(published_where(filters))
     if doc_urls is not None:
         clauses.append(store_module.sql_in("doc_url", doc_urls) if doc_urls else "false")
     if filters.where and filters.where.strip():
@@ -242,6 +287,7 @@ class Hit:
     image_sha256: str | None = None
     image_status: str | None = None
     surrogate_text: str | None = field(default=None, repr=False)
+    ocr_text: str | None = field(default=None, repr=False)
 
     @property
     def passage(self) -> str:
@@ -255,7 +301,7 @@ class Hit:
         data = dataclasses.asdict(self)
         data.pop("surrogate_text")
         if self.target != "image":
-            for key in ("src_url", "image_sha256", "image_status"):
+            for key in ("src_url", "image_sha256", "image_status", "ocr_text"):
                 data.pop(key)
         return data
 
@@ -279,6 +325,7 @@ def hit_from_row(row: dict[str, Any], *, target: Target, similarity: float, retr
         image_sha256=row.get("image_sha256") if image else None,
         image_status=row.get("status") if image else None,
         surrogate_text=row.get("surrogate_text") if image else None,
+        ocr_text=row.get("ocr_text") if image else None,
     )
 
 
@@ -365,6 +412,24 @@ def resolve_targets(target: str) -> tuple[Target, ...]:
     if target == "image":
         return ("images",)
     raise SearchError(f"unknown target {target!r}: use text, images or both")
+
+
+def max_query_similarities(query: np.ndarray, multivectors: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Per row of a ``list<fixed_size_list<float32, d>>`` column: the largest cosine of ``query`` with the
+    row's vectors (BLIP-2's image-text score over its query embeddings), float64 ``(n,)``.
+
+    Rows with no vectors get -1 (LanceDB's multivector search never returns them).
+    """
+    column = multivectors.combine_chunks() if isinstance(multivectors, pa.ChunkedArray) else multivectors
+    lengths = column.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
+    inner = column.flatten()
+    similarities = cosine_similarities(query, inner.flatten().to_numpy(zero_copy_only=False).reshape(-1, inner.type.list_size))
+    out = np.full(len(lengths), -1.0)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    present = lengths > 0
+    if present.any():
+        out[present] = np.maximum.reduceat(similarities, starts[present])
+    return out
 
 
 def vectors_of(rows: pa.Table, column: str = "vector") -> np.ndarray:
@@ -481,7 +546,7 @@ class Searcher:
         from pipelines.rerank import create_reranker
 
         if name not in self._rerankers:
-            self._rerankers[name] = create_reranker(name, self.cfg.search)
+            self._rerankers[name] = create_reranker(name, self.cfg.search, llm=self.cfg.llm)
         return self._rerankers[name]
 
     # ---- queries
@@ -590,6 +655,8 @@ class Searcher:
         for tgt in targets:
             settings = target_settings(cfg, tgt, mode=mode, k=k, threshold=threshold, temperature=temperature)
             where = compile_where(filters, target=tgt, doc_urls=doc_urls)
+            if filters and filters.has_published:
+                self._require_published(tgt)
             if rerank is not None:
                 rerank.check(target=tgt, query_text=query_text, image_query=image_query)
             n_keep = max(settings.k, n_rerank) if rerank is not None else settings.k
@@ -615,6 +682,13 @@ class Searcher:
             result.where[tgt] = where
         result.timings_ms = {"search": search_ms, **({"rerank": rerank_ms} if rerank is not None else {})}
         return result
+
+    def _require_published(self, target: Target) -> None:
+        if "published" not in self.table(target).schema.names:
+            raise SearchError(
+                f"{self.table_name(target)} has no publication dates (it was indexed before they were stored); "
+                "run `mmrag index --reparse SOURCE...` once to add them"
+            )
 
     def _doc_urls_in_range(self, filters: Filters) -> list[str]:
         clause = dates_where(filters)
@@ -648,8 +722,9 @@ class Searcher:
             limit = n_keep
         if limit == 0:
             return [], 0, exact
-        columns = TEXT_COLUMNS if target == "text" else IMAGE_COLUMNS
-        query = table.search(np.asarray(vector, dtype=np.float32)).distance_type("cosine")
+        vector_column = self._vector_column(target, table)
+        columns = TEXT_COLUMNS if target == "text" else IMAGE_COLUMNS + [c for c in ("ocr_text",) if c in table.schema.names]
+        query = table.search(np.asarray(vector, dtype=np.float32), vector_column_name=vector_column).distance_type("cosine")
         if exact:
             query = query.bypass_vector_index()
         else:
@@ -662,12 +737,15 @@ class Searcher:
         if where:
             query = query.where(where, prefilter=True)
         try:
-            rows = query.select([*columns, "vector", "_distance"]).limit(limit).to_arrow()
+            rows = query.select([*columns, vector_column, "_distance"]).limit(limit).to_arrow()
         except Exception as exc:  # noqa: BLE001 - lance raises several types for SQL/schema errors
             raise SearchError(f"search on {self.table_name(target)} failed: {_first_line(exc)}") from None
         if rows.num_rows == 0:
             return [], 0, exact
-        similarities = cosine_similarities(vector, vectors_of(rows))
+        if vector_column == store_module.MULTIVECTOR:
+            similarities = max_query_similarities(vector, rows.column(vector_column))
+        else:
+            similarities = cosine_similarities(vector, vectors_of(rows))
         if mode == "softmax":
             scores = softmax_scores(similarities, temperature=settings.temperature)
         else:
@@ -679,6 +757,19 @@ class Searcher:
             for row, i in zip(records, keep)
         ]
         return ranked(hits), rows.num_rows, exact
+
+    def _vector_column(self, target: Target, table: Any) -> str:
+        """``vector``, or ``vector_multi`` for images with ``search.image_scoring = max_query`` (an error when the
+        table has no multivector column: only BLIP-2 image tables keep one)."""
+        if target != "images" or self.cfg.search.image_scoring == "mean":
+            return "vector"
+        if store_module.MULTIVECTOR not in table.schema.names:
+            raise SearchError(
+                f"search.image_scoring max_query needs the {store_module.MULTIVECTOR!r} column, which "
+                f"{self.table_name(target)} does not have (only images indexed with blip2 keep their query vectors); "
+                f"use image_scoring mean"
+            )
+        return store_module.MULTIVECTOR
 
     @staticmethod
     def _count(table: Any, where: str | None) -> int:

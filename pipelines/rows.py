@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +30,9 @@ class ImageOccurrence:
     error: str | None = None
     info: ImageInfo | None = None
     data: bytes | None = None
+    published: str | None = None  # the page's publication date (YYYY-MM-DD)
+    ocr_text: str | None = None  # text read from the pixels; None when OCR did not run
+    generated_caption: str | None = None  # a vision model's caption (caption enrichment); never the page's own caption
 
     @property
     def id(self) -> str:
@@ -38,13 +41,26 @@ class ImageOccurrence:
 
     @property
     def surrogate_text(self) -> str:
-        """The text standing for this image for text embedders."""
-        return image_text_surrogate(self.ref.caption, self.ref.alt, self.ref.section_path)
+        """The text standing for this image for text embedders: caption, alt, section title, generated caption
+        (marked as such) and OCR text."""
+        generated = f"Generated caption: {self.generated_caption}" if self.generated_caption else ""
+        extra = ". ".join(part for part in (generated, self.ocr_text or "") if part.strip())
+        return image_text_surrogate(self.ref.caption, self.ref.alt, self.ref.section_path, extra=extra)
 
     @property
     def surrogate_hash(self) -> str:
         """What an image vector depends on: the surrogate text and the image bytes."""
         return sha256_hex(self.surrogate_text + "\x1f" + (self.info.sha256 if self.info else ""))
+
+
+def published_value(published: str | None) -> date | None:
+    """A parsed ``YYYY-MM-DD`` publication date as the ``published`` column's date; None when absent or malformed."""
+    if not published:
+        return None
+    try:
+        return date.fromisoformat(published[:10])
+    except ValueError:  # parse only produces YYYY-MM-DD; anything else means "no date found"
+        return None
 
 
 def document_id(url: str) -> str:
@@ -76,6 +92,7 @@ def document_row(
         "final_url": fetch.final_url,
         "canonical_url": doc.canonical_url if ok else previous.get("canonical_url"),
         "title": doc.title if ok else previous.get("title"),
+        "published": published_value(doc.published) if ok else previous.get("published"),
         "status": status,
         "http_status": fetch.http_status,
         "error": error if error is not None else fetch.error,
@@ -107,6 +124,7 @@ def chunks_table(chunks: Sequence[Chunk], vectors: np.ndarray, *, embedder: str,
             "id": c.id,
             "doc_url": c.doc_url,
             "article_title": c.article_title,
+            "published": published_value(c.published),
             "section_path": list(c.section_path),
             "section": c.section,
             "position": c.position,
@@ -126,17 +144,25 @@ def chunks_table(chunks: Sequence[Chunk], vectors: np.ndarray, *, embedder: str,
     return _with_vectors(table, vectors, store.chunks_schema(dimension))
 
 
-def images_table(occurrences: Sequence[ImageOccurrence], vectors: np.ndarray, *, embedder: str, vector_source: str, run_id: str) -> pa.Table:
-    """Arrow table of image rows with their vectors (same order)."""
+def images_table(occurrences: Sequence[ImageOccurrence], vectors: np.ndarray, *, embedder: str,
+                 vector_source: str | Sequence[str], run_id: str,
+                 multivectors: Sequence[np.ndarray] | None = None) -> pa.Table:
+    """Arrow table of image rows with their vectors (same order).
+
+    ``vector_source`` is one value for every row or one per row (``pixels``, ``text_surrogate``,
+    ``imported``). ``multivectors`` (one ``(n_i, d)`` array per row) adds the ``vector_multi`` column.
+    """
     dimension = vectors.shape[1]
+    sources = [vector_source] * len(occurrences) if isinstance(vector_source, str) else list(vector_source)
     rows = []
-    for occ in occurrences:
+    for occ, source in zip(occurrences, sources, strict=True):
         info = occ.info
         rows.append(
             {
                 "id": occ.id,
                 "doc_url": occ.doc_url,
                 "article_title": occ.article_title,
+                "published": published_value(occ.published),
                 "src_url": occ.ref.src,
                 "image_sha256": info.sha256 if info and info.status == "ok" else None,
                 "position": occ.ref.position,
@@ -155,16 +181,29 @@ def images_table(occurrences: Sequence[ImageOccurrence], vectors: np.ndarray, *,
                 "width": info.width if info else None,
                 "height": info.height if info else None,
                 "is_raster": info.is_raster if info else None,
+                "ocr_text": occ.ocr_text,
+                "generated_caption": occ.generated_caption,
                 "surrogate_text": occ.surrogate_text,
                 "surrogate_hash": occ.surrogate_hash,
-                "vector_source": vector_source,
+                "vector_source": source,
                 "embedder": embedder,
                 "run_id": run_id,
             }
         )
-    schema = store.images_schema(dimension)
-    table = pa.Table.from_pylist(rows, schema=schema.remove(schema.get_field_index("vector")))
+    schema = store.images_schema(dimension, multivector=multivectors is not None)
+    table = pa.Table.from_pylist(rows, schema=pa.schema([f for f in schema if f.name not in ("vector", store.MULTIVECTOR)]))
+    if multivectors is not None:
+        table = table.append_column(schema.field(store.MULTIVECTOR), multivector_array(multivectors, dimension))
     return _with_vectors(table, vectors, schema)
+
+
+def multivector_array(multivectors: Sequence[np.ndarray], dimension: int) -> pa.ListArray:
+    """A ``list<fixed_size_list<float32, dimension>>`` array: row i holds the rows of ``multivectors[i]``."""
+    lengths = [len(m) for m in multivectors]
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32), type=pa.int32())
+    flat = np.concatenate([np.asarray(m, dtype=np.float32).reshape(-1) for m in multivectors]) if multivectors else np.empty(0, np.float32)
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), dimension)
+    return pa.ListArray.from_arrays(offsets, inner)
 
 
 def image_blobs_table(occurrences: Sequence[ImageOccurrence]) -> pa.Table:
@@ -194,4 +233,4 @@ def _with_vectors(table: pa.Table, vectors: np.ndarray, schema: pa.Schema) -> pa
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
     vector_column = pa.FixedSizeListArray.from_arrays(flat, dimension)
     index = schema.get_field_index("vector")
-    return table.add_column(index, schema.field("vector"), vector_column).cast(schema)
+    return table.add_column(index, schema.field("vector"), vector_column).select(schema.names).cast(schema)

@@ -5,27 +5,40 @@ Tables (one database at a URI):
 - ``documents``: one row per page URL: fetch status, HTTP code, error, ETag/Last-Modified, content hash.
 - ``chunks__<embedder>__<chunking>``: text chunks with their vectors (one table per embedder and
   chunking setting, since vector sizes and chunk boundaries differ).
-- ``images__<embedder>``: one row per place an image appears, with caption, status and vector.
+- ``images__<embedder>``: one row per place an image appears, with caption, OCR text, status and
+  vector (``vector_source``: ``pixels`` or ``text_surrogate``); BLIP-2 tables also keep every query
+  embedding of an image in ``vector_multi``.
 - ``image_blobs``: image bytes and thumbnails, once per distinct content (sha256).
+- ``image_captions``: captions a vision model generated (caption enrichment), one row per image
+  sha256, model and prompt, with that provenance (``pipelines.generate``); an image row keeps the
+  one it uses in ``generated_caption``, apart from the page's own ``caption``.
 - ``runs``: one row per index run: config, summary and the table versions it produced.
 
 Writes are ``merge_insert`` upserts keyed by ``id`` (``sha256`` for blobs), so reruns are idempotent.
+
+Schema evolution: a table written by an older version lacks columns added since (e.g. ``published``).
+:meth:`IndexStore.upsert` first adds every missing nullable column to the stored table (LanceDB
+``add_columns`` with Arrow fields: existing rows read null), so an old database keeps working and
+loses nothing; reads of columns a table does not have yet return nulls.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lancedb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 DOCUMENTS = "documents"
 IMAGE_BLOBS = "image_blobs"
 RUNS = "runs"
+#: Column of the per-image query embeddings in ``images__blip2`` tables (see :func:`images_schema`).
+MULTIVECTOR = "vector_multi"
 IN_LIST_BATCH = 500
 
 
@@ -59,6 +72,7 @@ def documents_schema() -> pa.Schema:
             pa.field("final_url", pa.string()),
             pa.field("canonical_url", pa.string()),
             pa.field("title", pa.string()),
+            pa.field("published", pa.date32()),
             pa.field("status", pa.string(), nullable=False),
             pa.field("http_status", pa.int32()),
             pa.field("error", pa.string()),
@@ -84,6 +98,7 @@ def chunks_schema(dimension: int) -> pa.Schema:
             pa.field("id", pa.string(), nullable=False),
             pa.field("doc_url", pa.string(), nullable=False),
             pa.field("article_title", pa.string()),
+            pa.field("published", pa.date32()),
             pa.field("section_path", pa.list_(pa.string())),
             pa.field("section", pa.string()),
             pa.field("position", pa.int32()),
@@ -101,13 +116,19 @@ def chunks_schema(dimension: int) -> pa.Schema:
     )
 
 
-def images_schema(dimension: int) -> pa.Schema:
-    """Schema of an ``images__*`` table with ``dimension``-wide vectors."""
-    return pa.schema(
+def images_schema(dimension: int, *, multivector: bool = False) -> pa.Schema:
+    """Schema of an ``images__*`` table with ``dimension``-wide vectors.
+
+    ``multivector`` adds :data:`MULTIVECTOR` (``vector_multi``): a variable-length list of
+    ``dimension``-wide vectors per row (BLIP-2's query embeddings), searched by LanceDB's
+    multivector (late-interaction) search.
+    """
+    schema = pa.schema(
         [
             pa.field("id", pa.string(), nullable=False),
             pa.field("doc_url", pa.string(), nullable=False),
             pa.field("article_title", pa.string()),
+            pa.field("published", pa.date32()),
             pa.field("src_url", pa.string()),
             pa.field("image_sha256", pa.string()),
             pa.field("position", pa.int32()),
@@ -126,6 +147,8 @@ def images_schema(dimension: int) -> pa.Schema:
             pa.field("width", pa.int32()),
             pa.field("height", pa.int32()),
             pa.field("is_raster", pa.bool_()),
+            pa.field("ocr_text", pa.string()),
+            pa.field("generated_caption", pa.string()),
             pa.field("surrogate_text", pa.string()),
             pa.field("surrogate_hash", pa.string()),
             pa.field("vector_source", pa.string()),
@@ -134,6 +157,10 @@ def images_schema(dimension: int) -> pa.Schema:
             pa.field("run_id", pa.string()),
         ]
     )
+    if multivector:
+        schema = schema.insert(schema.get_field_index("vector") + 1,
+                               pa.field(MULTIVECTOR, pa.list_(pa.list_(pa.float32(), dimension))))
+    return schema
 
 
 def image_blobs_schema() -> pa.Schema:
@@ -203,22 +230,32 @@ class IndexStore:
         return self.db.open_table(name)
 
     def ensure_table(self, name: str, schema: pa.Schema):
-        """Open table ``name``, creating it empty with ``schema`` when absent."""
+        """Open table ``name``, creating it empty with ``schema`` when absent (an existing table keeps its own schema)."""
+        if self.has_table(name):
+            return self.db.open_table(name)
         return self.db.create_table(name, schema=schema, exist_ok=True)
 
     # -- reads ------------------------------------------------------------------------------
 
-    def read_where(self, name: str, columns: Sequence[str], column: str, values: Iterable[str]) -> pa.Table:
-        """Rows of ``name`` whose ``column`` is one of ``values`` (only ``columns``); empty if no table."""
+    def read_where(self, name: str, columns: Sequence[str], column: str, values: Iterable[str],
+                   where: str | None = None) -> pa.Table:
+        """Rows of ``name`` whose ``column`` is one of ``values`` (only ``columns``), and that match the SQL
+        ``where`` when given; empty if no table."""
         values = list(dict.fromkeys(values))
         if not values or not self.has_table(name):
             return pa.table({c: pa.array([], pa.string()) for c in columns})
         dataset = self.db.open_table(name).to_lance()
+        stored = [c for c in columns if c in dataset.schema.names]
         parts = [
-            dataset.to_table(columns=list(columns), filter=sql_in(column, values[i : i + IN_LIST_BATCH]))
+            dataset.to_table(columns=stored, filter=sql_in(column, values[i : i + IN_LIST_BATCH])
+                             + (f" AND ({where})" if where else ""))
             for i in range(0, len(values), IN_LIST_BATCH)
         ]
-        return pa.concat_tables(parts)
+        table = pa.concat_tables(parts)
+        for position, missing in enumerate(columns):
+            if missing not in stored:  # a column added after this table was written: null for every row
+                table = table.add_column(position, missing, pa.nulls(table.num_rows))
+        return table
 
     def document_states(self, urls: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Stored ``documents`` rows for ``urls``, keyed by url."""
@@ -244,12 +281,13 @@ class IndexStore:
         """``url``, ``origin`` and ``status`` of the documents whose ``origin`` is one of ``origins``."""
         return self.read_where(DOCUMENTS, ["url", "origin", "status"], "origin", origins).to_pylist()
 
-    def vectors_by_key(self, name: str, key: str, values: Iterable[str]) -> dict[str, Any]:
-        """``{value: vector}`` for rows of ``name`` whose ``key`` column is one of ``values`` (first row wins)."""
+    def vectors_by_key(self, name: str, key: str, values: Iterable[str], where: str | None = None) -> dict[str, Any]:
+        """``{value: vector}`` for rows of ``name`` whose ``key`` column is one of ``values`` (first row wins),
+        among the rows matching the SQL ``where`` when given."""
         values = list(dict.fromkeys(v for v in values if v))
         if not values or not self.has_table(name):
             return {}
-        table = self.read_where(name, [key, "vector"], key, values)
+        table = self.read_where(name, [key, "vector"], key, values, where)
         keys = table.column(key).to_pylist()
         vectors = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         if not keys:
@@ -259,6 +297,33 @@ class IndexStore:
         for i, k in enumerate(keys):
             out.setdefault(k, matrix[i])
         return out
+
+    def multivectors_by_key(self, name: str, key: str, values: Iterable[str], where: str | None = None) -> dict[str, Any]:
+        """``{value: (n, d) float32 array}`` of the ``vector_multi`` column, like :meth:`vectors_by_key`
+        (rows without one are skipped; empty when the table has no such column)."""
+        values = list(dict.fromkeys(v for v in values if v))
+        if not values or not self.has_table(name) or MULTIVECTOR not in self.db.open_table(name).schema.names:
+            return {}
+        table = self.read_where(name, [key, MULTIVECTOR], key, values, where)
+        out: dict[str, Any] = {}
+        for k, multi in zip(table.column(key).to_pylist(), table.column(MULTIVECTOR).to_pylist()):
+            if multi and k not in out:
+                out[k] = np.asarray(multi, dtype=np.float32)
+        return out
+
+    def ocr_texts_by_sha(self, sha256s: Iterable[str]) -> dict[str, str]:
+        """Stored OCR text by image sha256, from every ``images__*`` table that has it (only rows where OCR ran:
+        ``""`` means it ran and found no text)."""
+        wanted = set(sha256s)
+        found: dict[str, str] = {}
+        for name in self.table_names():
+            if not wanted or not name.startswith("images__") or "ocr_text" not in self.db.open_table(name).schema.names:
+                continue
+            rows = self.read_where(name, ["image_sha256", "ocr_text"], "image_sha256", wanted, "ocr_text IS NOT NULL")
+            for sha, text in zip(rows.column("image_sha256").to_pylist(), rows.column("ocr_text").to_pylist()):
+                found.setdefault(sha, text)
+            wanted -= set(found)
+        return found
 
     def content_table_names(self) -> list[str]:
         """The ``chunks__*`` and ``images__*`` tables (every embedder and chunking setting)."""
@@ -301,11 +366,52 @@ class IndexStore:
         if rows.num_rows == 0:
             return 0
         table = self.ensure_table(name, rows.schema)
+        if not set(rows.schema.names) <= set(table.schema.names) and self.add_missing_columns(name, rows.schema):
+            table = self.db.open_table(name)
         merge = table.merge_insert(key)
         if update:
             merge = merge.when_matched_update_all()
         merge.when_not_matched_insert_all().execute(rows)
         return rows.num_rows
+
+    def add_missing_columns(self, name: str, schema: pa.Schema) -> list[str]:
+        """Add the fields of ``schema`` that table ``name`` lacks (nulls in existing rows); returns their names.
+
+        Only nullable fields can be added this way; a missing non-nullable one raises ``ValueError``
+        naming it, before anything is written.
+        """
+        table = self.db.open_table(name)
+        stored = set(table.schema.names)
+        missing = [f for f in schema if f.name not in stored]
+        if not missing:
+            return []
+        required = [f.name for f in missing if not f.nullable]
+        if required:
+            raise ValueError(f"table {name!r} lacks non-nullable column(s) {', '.join(required)}; it cannot be evolved in place")
+        table.add_columns(missing)
+        return [f.name for f in missing]
+
+    def set_where_in(self, name: str, column: str, values: Mapping[Any, Iterable[str]], *, key: str = "doc_url",
+                     field: pa.Field | None = None) -> int:
+        """Set ``column`` of table ``name`` to each value of ``values`` (``{value: keys}``) on rows whose ``key`` is in keys.
+
+        ``field`` adds the column first when the table lacks it (even with nothing to set). Returns
+        the number of rows updated.
+        """
+        if not self.has_table(name):
+            return 0
+        if field is not None:
+            self.add_missing_columns(name, pa.schema([field]))
+        if not values:
+            return 0
+        table = self.db.open_table(name)
+        updated = 0
+        for value, keys in values.items():
+            keys = list(dict.fromkeys(keys))
+            for i in range(0, len(keys), IN_LIST_BATCH):
+                result = table.update(where=sql_in(key, keys[i : i + IN_LIST_BATCH]), values={column: value})
+                updated += result.rows_updated
+        return updated
 
     def delete_where_in(self, name: str, column: str, values: Iterable[str]) -> int:
         """Delete rows of ``name`` whose ``column`` is one of ``values``; returns how many were asked for."""

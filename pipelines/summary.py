@@ -41,6 +41,18 @@ class IndexSummary:
     images_added: int = 0
     images_updated: int = 0
     images_vectors_reused: int = 0
+    images_pixel_vectors: int = 0
+    ocr_backend: str = ""
+    ocr_images: int = 0
+    ocr_reused: int = 0
+    ocr_seconds: float = 0.0
+    ocr_note: str = ""
+    caption_model: str = ""
+    captions_generated: int = 0
+    captions_reused: int = 0
+    captions_failed: int = 0
+    caption_seconds: float = 0.0
+    caption_note: str = ""
     maintenance: dict[str, Any] = field(default_factory=dict)
     page_status: dict[str, int] = field(default_factory=dict)
     image_status: dict[str, int] = field(default_factory=dict)
@@ -82,6 +94,34 @@ class IndexSummary:
             yield
         finally:
             self.stage_seconds[stage] = round(self.stage_seconds.get(stage, 0.0) + time.perf_counter() - start, 3)
+
+    @property
+    def ocr_seconds_per_image(self) -> float | None:
+        """Mean OCR wall time per image OCR'd in this run (None when none was)."""
+        return round(self.ocr_seconds / self.ocr_images, 3) if self.ocr_images else None
+
+    def ocr_report(self) -> str:
+        """One line: images OCR'd, time per image and stored OCR text reused (or why OCR did not run)."""
+        if self.ocr_note and not (self.ocr_images or self.ocr_reused):
+            return self.ocr_note
+        ran = (f"{self.ocr_images} images read with {self.ocr_backend} in {self.ocr_seconds:.1f}s "
+               f"({self.ocr_seconds_per_image or 0:.2f} s/image)" if self.ocr_images else "0 images read")
+        return f"{ran}, {self.ocr_reused} reused from stored rows" + (f"; {self.ocr_note}" if self.ocr_note else "")
+
+    @property
+    def caption_seconds_per_image(self) -> float | None:
+        """Mean wall time per image a vision model was asked to caption in this run (None when none was)."""
+        asked = self.captions_generated + self.captions_failed
+        return round(self.caption_seconds / asked, 3) if asked and self.caption_seconds else None
+
+    def caption_report(self) -> str:
+        """One line: captions generated (time per image), reused and failed, or why the stage did not run."""
+        if self.caption_note and not (self.captions_generated or self.captions_reused or self.captions_failed):
+            return self.caption_note
+        line = (f"{self.captions_generated} generated with {self.caption_model}"
+                + (f" ({self.caption_seconds_per_image:.2f} s/image)" if self.caption_seconds_per_image else "")
+                + f", {self.captions_reused} reused, {self.captions_failed} failed")
+        return line + (f"; {self.caption_note}" if self.caption_note else "")
 
     @property
     def all_unchanged(self) -> bool:
@@ -128,8 +168,11 @@ class IndexSummary:
              f"vectors), {self.chunks_unchanged} unchanged, {self.chunks_deleted} deleted"
              + (f", {self.chunks_truncated} truncated" if self.chunks_truncated else "")),
             ("images", f"{self.images_ok} ok, {self.images_failed} failed of {self.images_total}: "
-             f"{self.images_embedded} written ({self.images_vectors_reused} with reused vectors), {self.images_unchanged} unchanged, {self.images_deleted} deleted, "
-             f"{self.image_blobs_new} new blobs"),
+             f"{self.images_embedded} written ({self.images_vectors_reused} with reused vectors"
+             + (f", {self.images_pixel_vectors} from pixels" if self.images_pixel_vectors else "")
+             + f"), {self.images_unchanged} unchanged, {self.images_deleted} deleted, {self.image_blobs_new} new blobs"),
+            ("ocr", self.ocr_report()),
+            ("captions", self.caption_report()),
             ("page status", _fmt_counts(self.page_status)),
             ("image status", _fmt_counts(self.image_status)),
             *([("maintenance", _fmt_maintenance(self.maintenance))] if self.maintenance else []),

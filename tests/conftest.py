@@ -15,6 +15,8 @@ os.environ["DO_NOT_TRACK"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.pop("PREFECT_API_URL", None)
+# OCR costs 1-4 s per figure with rapidocr here: off unless a test is about it (config values override this).
+os.environ.setdefault("MMRAG_IMAGES__OCR", "false")
 
 
 @pytest.fixture(scope="session")

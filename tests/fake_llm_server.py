@@ -5,6 +5,12 @@ Ollama: ``POST /api/chat`` (NDJSON stream or one JSON), ``GET /api/tags``, ``POS
 OpenAI: ``POST /v1/chat/completions`` (JSON, or SSE ``data:`` events ending in ``data: [DONE]``,
 usage in the last chunk when ``stream_options.include_usage``); errors as ``{"error": {...}}``.
 
+Token log-probabilities (non-streamed requests with ``logprobs: true``): a model with a ``judge``
+answers one token, "Yes" or "No", with ``top_logprobs`` built from the judge's P(yes) of the last
+user message, in each protocol's own shape (OpenAI: ``choices[0].logprobs.content``; Ollama: a
+top-level ``logprobs`` list, as Ollama 0.12.11+ returns). A model without a judge ignores
+``logprobs``, like servers that drop the field (Ollama's ``/v1``, older Ollama).
+
 Every request is recorded (method, path, lower-cased headers, JSON body) for assertions.
 """
 
@@ -13,8 +19,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -28,6 +35,7 @@ class FakeModel:
     vision: bool = False
     single_image: bool = False
     context_words: int = 2000
+    judge: Callable[[str], float] | None = None  # P("yes") given the last user message, for logprobs requests
 
 
 @dataclass
@@ -59,6 +67,17 @@ class FakeLlmServer:
             1 for m in messages if isinstance(m.get("content"), list) for p in m["content"] if p.get("type") == "image_url"
         )
         return model.reply + (f" I saw {images} image(s)." if images else "")
+
+    def judged_token(self, model: FakeModel, body: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """For a logprobs request to a judging model: the answered token and its top alternatives (best first)."""
+        if not body.get("logprobs") or model.judge is None or body.get("stream"):
+            return None
+        user = [m for m in body["messages"] if m.get("role") == "user"][-1]["content"]
+        p = min(max(float(model.judge(user)), 1e-6), 1 - 1e-6)
+        candidates = [("Yes", p * 0.8), ("No", (1 - p) * 0.9), (" yes", p * 0.2), (" no", (1 - p) * 0.1)]
+        top = sorted(({"token": t, "logprob": math.log(q), "bytes": list(t.encode())} for t, q in candidates),
+                     key=lambda e: -e["logprob"])[: max(1, int(body.get("top_logprobs") or 1))]
+        return top[0], top
 
 
 def _words(messages: list[dict[str, Any]]) -> int:
@@ -165,6 +184,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(400, {"error": "the input length exceeds the context length"})
             return
         reply = self.server.fake.reply_for(model, messages)
+        judged = self.server.fake.judged_token(model, body)
+        if judged is not None:
+            first, top = judged
+            self._json(200, {"model": body["model"], "created_at": "2025-01-02T03:04:05Z",
+                             "message": {"role": "assistant", "content": first["token"]}, "done": True, "done_reason": "length",
+                             "prompt_eval_count": _words(messages), "eval_count": 1,
+                             "logprobs": [{**first, "top_logprobs": top}]})
+            return
         final = {"model": body["model"], "created_at": "2025-01-02T03:04:05Z", "message": {"role": "assistant", "content": ""},
                  "done": True, "done_reason": "stop", "total_duration": 1_500_000_000, "load_duration": 250_000_000,
                  "prompt_eval_count": _words(messages), "prompt_eval_duration": 100_000_000,
@@ -220,6 +247,13 @@ class _Handler(BaseHTTPRequestHandler):
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(reply.split()),
                  "total_tokens": prompt_tokens + len(reply.split())}
         base = {"id": "chatcmpl-1", "created": 1735787045, "model": body["model"], "system_fingerprint": "fp_fake"}
+        judged = self.server.fake.judged_token(model, body)
+        if judged is not None:
+            first, top = judged
+            self._json(200, {**base, "object": "chat.completion", "usage": {**usage, "completion_tokens": 1}, "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": first["token"]}, "finish_reason": "length",
+                 "logprobs": {"content": [{**first, "top_logprobs": top}]}}]})
+            return
         if not body.get("stream"):
             self._json(200, {**base, "object": "chat.completion", "usage": usage, "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}]})

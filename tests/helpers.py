@@ -86,3 +86,21 @@ def serve_routes(routes: dict) -> Iterator[tuple[str, dict]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def embedded_llm_cache() -> str:
+    """The model cache of the embedded Qwen2.5-Coder-0.5B GGUF (the app's own default, assembled once per machine).
+
+    Skips the test with the reason when the llama.cpp runtime or the model's part packages are missing.
+    """
+    import os
+
+    pytest.importorskip("xllamacpp", reason="the llamacpp runtime is installed by the [llm] extra")
+    from pipelines.llm.base import LlmError
+    from pipelines.llm.gguf import GGUF_MODELS, locate_parts
+
+    try:
+        locate_parts(GGUF_MODELS["qwen2.5-coder-0.5b"])
+    except LlmError as exc:
+        pytest.skip(str(exc))
+    return os.environ.get("MMRAG_TEST_MODEL_CACHE") or str(REPO_ROOT / ".mmrag" / "models")

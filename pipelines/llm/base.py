@@ -8,10 +8,11 @@ place with side effects (HTTP, a loaded model); prompt building stays pure in
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 LlmErrorKind = Literal[
     "unreachable",  # no server at the host/port, DNS failure, refused connection
@@ -25,6 +26,7 @@ LlmErrorKind = Literal[
     "bad_request",  # the server refused the request for another reason
     "server_error",  # the server failed (5xx) for another reason
     "bad_spec",  # --llm BACKEND:MODEL is malformed or names an unknown backend
+    "no_logprobs",  # the server answered without the token log-probabilities that were asked for
 ]
 
 
@@ -154,6 +156,48 @@ class ChatBackend(Protocol):
     ) -> Iterator[StreamEvent]:
         """Answer ``messages``; ``images`` go with the last user message. Raises :class:`LlmError`."""
         ...
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """The first token a model generated and the most likely tokens at that position.
+
+    ``top_logprobs`` entries use the OpenAI wire names: ``{"token": str, "logprob": float}``.
+    """
+
+    token: str
+    top_logprobs: tuple[dict[str, Any], ...]
+
+
+@runtime_checkable
+class LogprobsBackend(Protocol):
+    """A backend that reports the log-probabilities of the next token (what the ``llm`` reranker needs)."""
+
+    name: str
+    model: str
+
+    def first_token_logprobs(self, messages: Sequence[ChatMessage], *, top_logprobs: int = 10) -> TokenLogprobs:
+        """Generate one token greedily for ``messages``; it and its ``top_logprobs`` alternatives.
+
+        Raises :class:`LlmError` (kind ``no_logprobs`` when the server returns none).
+        """
+        ...
+
+
+def first_token_from_choice(choice: dict[str, Any], where: str) -> TokenLogprobs:
+    """The :class:`TokenLogprobs` of an OpenAI-format chat-completion ``choice`` (llama.cpp, vLLM, OpenAI).
+
+    ``where`` names the server in the ``no_logprobs`` error raised when the choice carries none.
+    """
+    content = (choice.get("logprobs") or {}).get("content") or []
+    if not content:
+        raise LlmError("no_logprobs", f"{where} returned no token log-probabilities")
+    first = content[0]
+    top = first.get("top_logprobs") or [first]
+    return TokenLogprobs(
+        token=str(first.get("token", "")),
+        top_logprobs=tuple({"token": str(t.get("token", "")), "logprob": float(t.get("logprob", -math.inf))} for t in top),
+    )
 
 
 @dataclass

@@ -30,8 +30,11 @@ context size and threads), so repeated questions pay the load once.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -47,8 +50,10 @@ from pipelines.llm.base import (
     LlmError,
     StreamEvent,
     Stopwatch,
+    TokenLogprobs,
     Usage,
     classify_error_text,
+    first_token_from_choice,
     images_as_text,
     last_user_index,
 )
@@ -67,27 +72,64 @@ def _runtime():
     return xllamacpp
 
 
+def server_params(model_path: Path, n_ctx: int, n_threads: int) -> Any:
+    """llama.cpp server parameters (``xllamacpp.CommonParams``) for one model file: one slot, no warm-up, quiet."""
+    params = _runtime().CommonParams()
+    params.model.path = str(model_path)
+    params.n_ctx = n_ctx
+    params.n_parallel = 1
+    params.warmup = False
+    params.verbosity = -1
+    params.cpuparams.n_threads = n_threads
+    params.cpuparams_batch.n_threads = n_threads
+    return params
+
+
+def start_server(params: Any) -> Any:
+    """An ``xllamacpp.Server`` for ``params`` (the model loaded); a load failure becomes an :class:`LlmError`."""
+    try:
+        return _runtime().Server(params)
+    except Exception as exc:  # noqa: BLE001 - a bad file, too little memory or a port in use
+        raise LlmError("server_error", f"llama.cpp could not load {params.model.path}: {exc}") from None
+
+
 def load_server(model_path: Path, n_ctx: int, n_threads: int) -> tuple[Any, float]:
     """The loaded llama.cpp server for this model file and settings (loaded once per process) and its load seconds."""
     key = (str(model_path), n_ctx, n_threads)
     with _SERVERS_LOCK:
         if key not in _SERVERS:
-            xllamacpp = _runtime()
-            params = xllamacpp.CommonParams()
-            params.model.path = str(model_path)
-            params.n_ctx = n_ctx
-            params.n_parallel = 1
-            params.warmup = False
-            params.verbosity = -1
-            params.cpuparams.n_threads = n_threads
-            params.cpuparams_batch.n_threads = n_threads
             started = time.perf_counter()
-            try:
-                server = xllamacpp.Server(params)
-            except Exception as exc:  # noqa: BLE001 - a bad file or too little memory
-                raise LlmError("server_error", f"llama.cpp could not load {model_path}: {exc}") from None
+            server = start_server(server_params(model_path, n_ctx, n_threads))
             _SERVERS[key] = (server, time.perf_counter() - started)
         return _SERVERS[key]
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_http(model_path: Path, *, alias: str, n_ctx: int = 4096, n_threads: int | None = None) -> Iterator[str]:
+    """Serve ``model_path`` with llama.cpp's own OpenAI-compatible HTTP API on a free 127.0.0.1 port for the ``with`` block.
+
+    Yields the base URL (``http://127.0.0.1:PORT/v1``); requests name the model ``alias``. The
+    server (a separate model instance, not the cached in-process one) is stopped on exit.
+    """
+    params = server_params(model_path, n_ctx, n_threads or os.cpu_count() or 1)
+    params.hostnames = ["127.0.0.1"]
+    params.port = free_loopback_port()
+    params.n_threads_http = 2
+    params.model_alias = {alias}
+    server = start_server(params)
+    try:
+        yield f"http://127.0.0.1:{params.port}/v1"
+    finally:
+        # xllamacpp stops the HTTP listener and frees the model when the Server object is destroyed.
+        del server
+        gc.collect()
 
 
 def _error_from_payload(payload: dict, model: str) -> LlmError:
@@ -145,12 +187,7 @@ class LlamaCppBackend:
         watch = Stopwatch()
         with self._lock:
             if not stream:
-                try:
-                    result = self._server.handle_chat_completions(request)
-                except RuntimeError as exc:
-                    raise _error_from_payload({"error": {"message": str(exc)}}, self.model) from None
-                if "error" in result:
-                    raise _error_from_payload(result, self.model)
+                result = self._complete(request)
                 choice = result["choices"][0]
                 text = choice["message"].get("content") or ""
                 if text:
@@ -159,6 +196,25 @@ class LlamaCppBackend:
                 yield self._usage(result.get("usage"), watch, choice.get("finish_reason"), load_s)
                 return
             yield from self._stream(request, watch, load_s)
+
+    def first_token_logprobs(self, messages: Sequence[ChatMessage], *, top_logprobs: int = 10) -> TokenLogprobs:
+        """One greedy token for ``messages`` with its ``top_logprobs`` alternatives (llama.cpp's OpenAI-style logprobs)."""
+        self.load()
+        request = {"messages": [{"role": m.role, "content": m.content} for m in messages], "max_tokens": 1,
+                   "temperature": 0.0, "logprobs": True, "top_logprobs": top_logprobs}
+        with self._lock:
+            result = self._complete(request)
+        return first_token_from_choice(result["choices"][0], f"llamacpp model {self.model!r}")
+
+    def _complete(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A non-streamed chat completion (the caller holds the lock); server errors become :class:`LlmError`."""
+        try:
+            result = self._server.handle_chat_completions(request)
+        except RuntimeError as exc:
+            raise _error_from_payload({"error": {"message": str(exc)}}, self.model) from None
+        if "error" in result:
+            raise _error_from_payload(result, self.model)
+        return result
 
     def _stream(self, request: dict[str, Any], watch: Stopwatch, load_s: float) -> Iterator[StreamEvent]:
         chunks: queue.Queue = queue.Queue()

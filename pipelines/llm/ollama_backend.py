@@ -22,6 +22,7 @@ from pipelines.llm.base import (
     LlmError,
     StreamEvent,
     Stopwatch,
+    TokenLogprobs,
     Usage,
     classify_error_text,
     last_user_index,
@@ -145,6 +146,24 @@ class OllamaBackend:
         except Exception as exc:  # noqa: BLE001 - every client failure becomes one LlmError
             raise ollama_error(exc, self.host, self.model) from None
         raise LlmError("server_error", f"Ollama at {self.host} ended the answer stream without a final message")
+
+    def first_token_logprobs(self, messages: Sequence[ChatMessage], *, top_logprobs: int = 10) -> TokenLogprobs:
+        """One greedy token over ``/api/chat`` (``logprobs``, ``top_logprobs``; Ollama 0.12.11 or newer) and its alternatives."""
+        request_options: dict[str, Any] = {"num_predict": 1, "temperature": 0.0}
+        if self.num_ctx:
+            request_options["num_ctx"] = self.num_ctx
+        try:
+            response = self._client.chat(self.model, messages=self._request_messages(messages, ()), stream=False,
+                                         options=request_options, keep_alive=self.keep_alive, logprobs=True,
+                                         top_logprobs=top_logprobs)
+        except Exception as exc:  # noqa: BLE001 - every client failure becomes one LlmError
+            raise ollama_error(exc, self.host, self.model) from None
+        if not response.logprobs:
+            raise LlmError("no_logprobs", f"Ollama at {self.host} returned no token log-probabilities for model {self.model!r} "
+                           "(they need Ollama 0.12.11 or newer)")
+        first = response.logprobs[0]
+        top = first.top_logprobs or [first]
+        return TokenLogprobs(token=first.token, top_logprobs=tuple({"token": t.token, "logprob": t.logprob} for t in top))
 
 
 def pull_ollama_model(name: str, host: str | None = None, *, timeout_s: float = 3600.0,

@@ -22,8 +22,10 @@ from pipelines.llm.base import (
     LlmError,
     StreamEvent,
     Stopwatch,
+    TokenLogprobs,
     Usage,
     classify_error_text,
+    first_token_from_choice,
     last_user_index,
 )
 
@@ -161,3 +163,19 @@ class OpenAIBackend:
             yield _usage_from(usage, watch, finish_reason, self.model)
         except Exception as exc:  # noqa: BLE001 - every client failure becomes one LlmError
             raise openai_error(exc, self.base_url, self.model) from None
+
+    def first_token_logprobs(self, messages: Sequence[ChatMessage], *, top_logprobs: int = 10) -> TokenLogprobs:
+        """One greedy token (``max_tokens=1``, ``logprobs``, ``top_logprobs``) and its alternatives.
+
+        Servers that drop ``logprobs`` (Ollama's ``/v1`` does) give a ``no_logprobs`` :class:`LlmError`.
+        """
+        try:
+            response = self._client.chat.completions.create(
+                model=self.model, messages=chat_request_messages(messages, ()), max_tokens=1, temperature=0.0,
+                logprobs=True, top_logprobs=top_logprobs,
+            )
+        except Exception as exc:  # noqa: BLE001 - every client failure becomes one LlmError
+            raise openai_error(exc, self.base_url, self.model) from None
+        if not response.choices:
+            raise LlmError("server_error", f"the endpoint {self.base_url} returned no choices for model {self.model!r}")
+        return first_token_from_choice(response.choices[0].model_dump(), f"the endpoint {self.base_url} (model {self.model!r})")

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from mmrag.cli import app
 from pipelines.import_vectors import import_vectors
 from pipelines.store import IndexStore
+from tests.fake_llm_server import unused_port
 from tests.helpers import REPO_ROOT
 
 runner = CliRunner()
@@ -28,6 +29,7 @@ TEXTS = [
     ("O'Reilly's notes", "Misc", "Softmax temperature sharpens or flattens the distribution of similarity scores."),
 ]
 CAPTIONS = ["a layered graph of points", "a bar chart of recall against latency", "two towers encoding images and text"]
+PUBLISHED = {"Reranking": "2024-04-29", "Indexes": "2024-03-18"}  # the other articles have no known date
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +37,13 @@ def minilm_db(tmp_path_factory, minilm) -> Path:
     """A database with real MiniLM vectors in the default tables (chunks__minilm__paragraph, images__minilm)."""
     root = tmp_path_factory.mktemp("cli-search")
     store = IndexStore(str(root / "db"))
-    records = [{"article_title": a, "section": s, "text": t, "url": f"https://notes.example/{a.split()[0].lower()}"}
-               for a, s, t in TEXTS]
+    records = [{"article_title": a, "section": s, "text": t, "url": f"https://notes.example/{a.split()[0].lower()}",
+                "published": PUBLISHED.get(a)} for a, s, t in TEXTS]
     np.save(root / "t.npy", minilm.embed_texts([r["text"] for r in records]))
     (root / "t.jsonl").write_text("\n".join(json.dumps(r) for r in records), encoding="utf-8")
     import_vectors(store, root / "t.npy", root / "t.jsonl", embedder="minilm", target="text")
     images = [{"image_path": f"img/{i}.png", "caption": c, "article_title": "Indexes", "section": "Figures",
-               "url": "https://notes.example/indexes"} for i, c in enumerate(CAPTIONS)]
+               "url": "https://notes.example/indexes", "published": PUBLISHED["Indexes"]} for i, c in enumerate(CAPTIONS)]
     np.save(root / "i.npy", minilm.embed_texts(CAPTIONS))
     (root / "i.json").write_text(json.dumps(images), encoding="utf-8")
     import_vectors(store, root / "i.npy", root / "i.json", embedder="minilm", target="images")
@@ -95,6 +97,29 @@ def test_search_human_table_both_targets_and_filters(minilm_db, loads):
     assert data["softmax_exact"] == {"text": True} and len(data["hits"]) == 6  # 6 rows: every score ≥ 0.01
 
 
+def test_search_filters_by_publication_date(minilm_db, loads):
+    def hits(*args: str, **line) -> list[dict]:
+        base = ["search", "--db", str(minilm_db), "--json", "--mode", "cosine", "--k", "10", "--target", "both"]
+        if line:
+            result = runner.invoke(app, [*base, "--stdin"], input=json.dumps({"query": "vectors", **line}) + "\n")
+        else:
+            result = runner.invoke(app, [*base, "vectors", *args])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["hits"]
+
+    assert {h["article_title"] for h in hits()} == {a for a, _, _ in TEXTS}
+    since = hits("--published-since", "2024-04-01")
+    assert {(h["target"], h["section"]) for h in since} == {("text", "Fusion"), ("text", "Cross-encoders")}
+    until = hits("--published-until", "2024-03-31", "--published-since", "2024-03-18")
+    assert {h["section"] for h in until if h["target"] == "text"} == {"HNSW", "IVF-PQ"}
+    assert sorted(h["text"] for h in until if h["target"] == "image") == sorted(CAPTIONS)
+    # rows without a date (Chunking, O'Reilly's notes) pass no date bound
+    assert {h["article_title"] for h in hits("--published-since", "1900-01-01")} == set(PUBLISHED)
+    assert {h["section"] for h in hits(published_until="2024-03-31") if h["target"] == "text"} == {"HNSW", "IVF-PQ"}
+    bad = runner.invoke(app, ["search", "q", "--db", str(minilm_db), "--published-since", "2024/04/01"])
+    assert bad.exit_code == 2 and "invalid publication date '2024/04/01'" in bad.output
+
+
 def test_search_errors_are_one_line_exit_2(minilm_db, loads, tmp_path):
     image = tmp_path / "q.png"
     image.write_bytes(b"not really")
@@ -104,7 +129,9 @@ def test_search_errors_are_one_line_exit_2(minilm_db, loads, tmp_path):
         (["search", "q", "--db", str(tmp_path / "none")], "no database"),
         (["search", "--db", str(minilm_db)], "give a QUERY or --image"),
         (["search", "q", "--db", str(minilm_db), "--image-status", "ok"], "--image-status"),
-        (["search", "q", "--db", str(minilm_db), "--reranker", "llm"], "llm_base_url"),
+        (["search", "q", "--db", str(minilm_db), "--reranker", "llm", "--llm", "gpt:4"], "unknown backend 'gpt'"),
+        (["search", "q", "--db", str(minilm_db), "--reranker", "llm", "--llm-url", f"http://127.0.0.1:{unused_port()}/v1"],
+         "cannot reach the OpenAI-compatible endpoint"),
         (["search", "q", "--db", str(minilm_db), "--mode", "dot"], "search.mode"),
         (["search", "q", "--db", str(minilm_db), "--chunking", "window"], "no table 'chunks__minilm__window-256-25'"),
     ]
@@ -177,3 +204,18 @@ def test_stdin_is_a_long_lived_process(minilm_db):
     assert first["hits"][0]["section"] == "Fusion" and "load_model" in first["timings_ms"]
     assert second["hits"][0]["section"] == "HNSW" and "load_model" not in second["timings_ms"]
     assert second["timings_ms"]["total"] < first["timings_ms"]["total"]
+
+
+def test_image_scoring_option_reaches_search_and_eval_run(minilm_db, loads, tmp_path):
+    result = runner.invoke(app, ["search", "a layered graph", "--db", str(minilm_db), "--target", "images",
+                                 "--image-scoring", "max_query"])
+    assert result.exit_code == 2 and "max_query" in result.output and "vector_multi" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(app, ["search", "a layered graph", "--db", str(minilm_db), "--target", "images", "--json",
+                                 "--image-scoring", "mean", "--mode", "cosine", "--k", "1"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["hits"][0]["text"] == CAPTIONS[0]
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"id": "a", "query": "x", "relevant": [{"url": "a.html"}]}) + "\n")
+    for command in (["search", "x", "--db", str(minilm_db)], ["eval", "run", "--queries", str(queries), "--db", str(minilm_db)]):
+        result = runner.invoke(app, [*command, "--image-scoring", "best"])
+        assert result.exit_code == 2 and "search.image_scoring" in result.output, result.output

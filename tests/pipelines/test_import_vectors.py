@@ -171,6 +171,10 @@ def test_bad_inputs_fail_with_one_line_messages(tmp_path):
     np.save(tmp_path / "wide.npy", np.ones((2, 6), np.float32))
     with pytest.raises(VectorImportError, match="4-d vectors"):
         import_vectors(store, tmp_path / "wide.npy", tmp_path / "c2.json", embedder="lab", target="text")
+    (tmp_path / "dated.json").write_text(json.dumps([{"text": "a", "published": "2024-05-06"},
+                                                     {"text": "b", "published": "May 2024"}]), encoding="utf-8")
+    with pytest.raises(VectorImportError, match="text record 1: 'published' must be a date as YYYY-MM-DD"):
+        import_vectors(store, tmp_path / "v.npy", tmp_path / "dated.json", embedder="lab", target="text")
 
 
 def test_pt_files_load_like_npy(tmp_path):

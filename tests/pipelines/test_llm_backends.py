@@ -26,7 +26,7 @@ from pipelines.llm.ollama_backend import (
 )
 from pipelines.llm.openai_backend import OpenAIBackend
 from tests.fake_llm_server import FakeModel, decoded_images, serve_fake_llm, unused_port
-from tests.helpers import REPO_ROOT
+from tests.helpers import embedded_llm_cache
 from tests.tiny_checkpoints import png_bytes
 
 
@@ -338,15 +338,8 @@ def test_unknown_gguf_model_and_missing_file():
 @pytest.fixture(scope="session")
 def qwen_backend():
     """The real Qwen2.5-Coder-0.5B through xllamacpp, assembled and loaded once per session."""
-    pytest.importorskip("xllamacpp", reason="the llamacpp runtime is installed by the [llm] extra")
-    from pipelines.llm.gguf import GGUF_MODELS, locate_parts
-
-    try:
-        locate_parts(GGUF_MODELS["qwen2.5-coder-0.5b"])
-    except LlmError as exc:
-        pytest.skip(str(exc))
     # The app's own default cache (gitignored): assembled once per machine, shared with test_cli_llm's load.
-    cache = os.environ.get("MMRAG_TEST_MODEL_CACHE") or str(REPO_ROOT / ".mmrag" / "models")
+    cache = embedded_llm_cache()
     from pipelines.llm.llamacpp_backend import LlamaCppBackend
 
     # One thread: on a busy 2-core machine two llama.cpp threads spin at barriers and run 3-10x slower.

@@ -1,4 +1,4 @@
-"""Rerankers: RRF hybrid over LanceDB full-text search, an OpenAI-compatible LLM judge, a cross-encoder, the
+"""Rerankers: RRF hybrid over LanceDB full-text search, an LLM judge through the LLM backends, a cross-encoder, the
 image-text model's own score; and each one's clear failure when something it needs is missing."""
 
 from __future__ import annotations
@@ -6,20 +6,18 @@ from __future__ import annotations
 import json
 import math
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from mmrag.config import EmbedConfig, MmragConfig, SearchConfig
+from mmrag.config import EmbedConfig, LlmConfig, MmragConfig, SearchConfig
 from pipelines.import_vectors import import_vectors
 from pipelines.rerank import (
     CrossEncoderScorer,
+    LlmRelevanceScorer,
     ModelScoreReranker,
-    OpenAIChatRelevanceScorer,
     RelevanceScorer,
     RerankContext,
     RerankError,
@@ -30,6 +28,8 @@ from pipelines.rerank import (
 )
 from pipelines.retrieve import Filters, Hit, Searcher
 from pipelines.store import IndexStore
+from tests.fake_llm_server import FakeModel, serve_fake_llm, unused_port
+from tests.helpers import embedded_llm_cache
 
 WORDS = ["lantern", "harbour", "violin", "glacier", "pepper", "orbit", "meadow", "copper", "falcon", "tunnel"]
 
@@ -94,8 +94,9 @@ def word_table(tmp_path):
     return store, vectors, records
 
 
-def searcher_for(store: IndexStore, **search) -> Searcher:
-    cfg = MmragConfig(store={"db_uri": store.db_uri}, search={"table_embedder": "synth", "mode": "cosine", **search})
+def searcher_for(store: IndexStore, llm: dict | None = None, **search) -> Searcher:
+    cfg = MmragConfig(store={"db_uri": store.db_uri}, search={"table_embedder": "synth", "mode": "cosine", **search},
+                      llm=llm or {})
     return Searcher(cfg, store=store)
 
 
@@ -146,87 +147,115 @@ def test_hybrid_respects_filters_and_needs_a_text_query(word_table):
         searcher.search_vector(vectors[0], k=3, reranker="hybrid")
 
 
-# --------------------------------------------------------------------------- llm: a real OpenAI wire-protocol server
+# --------------------------------------------------------------------------- llm: through the LLM backends
 
 
-class FakeChatCompletions(BaseHTTPRequestHandler):
-    """``POST /v1/chat/completions`` answering one token with logprobs; P(yes) is the passage's 'relevance x.xx'."""
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append(body)
-        if self.path != "/v1/chat/completions":
-            return self._send(404, {"error": {"message": "not found"}})
-        if self.server.mode == "fail":
-            return self._send(500, {"error": {"message": "model crashed"}})
-        user = body["messages"][-1]["content"]
-        found = re.search(r"relevance (\d\.\d+)", user)
-        p = float(found.group(1)) if found else 0.5
-        p = min(max(p, 1e-6), 1 - 1e-6)
-        top = [
-            {"token": "Yes", "logprob": math.log(p * 0.8), "bytes": list(b"Yes")},
-            {"token": "No", "logprob": math.log(1 - p), "bytes": list(b"No")},
-            {"token": " yes", "logprob": math.log(p * 0.2), "bytes": list(b" yes")},
-        ][: body.get("top_logprobs", 3)]
-        first = max(top, key=lambda t: t["logprob"])
-        choice = {"index": 0, "message": {"role": "assistant", "content": first["token"]}, "finish_reason": "length",
-                  "logprobs": {"content": [{**first, "top_logprobs": top}]}}
-        if self.server.mode == "no-logprobs":
-            choice["logprobs"] = None
-        self._send(200, {"id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": body["model"],
-                         "choices": [choice], "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}})
-
-    def _send(self, status, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format, *args):  # noqa: A002
-        pass
+def relevance_in(text: str) -> float:
+    """The judge of the fake server: P(yes) is the passage's 'relevance x.xx'."""
+    found = re.search(r"relevance (\d\.\d+)", text)
+    return float(found.group(1)) if found else 0.5
 
 
-@pytest.fixture
-def chat_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeChatCompletions)
-    server.requests, server.mode = [], "ok"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def test_llm_reranker_orders_by_probability_of_yes(word_table, chat_server):
-    store, vectors, records = word_table
-    url = f"http://127.0.0.1:{chat_server.server_address[1]}/v1"
-    searcher = searcher_for(store, llm_base_url=url, llm_model="tiny-judge", rerank_candidates=12)
-    result = searcher.search_vector(vectors[0], query_text="which story is relevant?", k=4, reranker="llm")
+def test_llm_reranker_over_an_openai_endpoint_orders_by_probability_of_yes(word_table):
+    store, vectors, _ = word_table
+    with serve_fake_llm({"tiny-judge": FakeModel(judge=relevance_in)}) as server:
+        searcher = searcher_for(store, rerank_llm="openai:tiny-judge", rerank_candidates=12,
+                                llm={"openai_base_url": server.url + "/v1"})
+        result = searcher.search_vector(vectors[0], query_text="which story is relevant?", k=4, reranker="llm")
+        sent = server.chat_requests("/v1/chat/completions")
     candidates = searcher.search_vector(vectors[0], k=12).hits
-    relevance = {h.id: float(re.search(r"relevance (\d\.\d+)", h.text).group(1)) for h in candidates}
+    relevance = {h.id: relevance_in(h.text) for h in candidates}
     expected = sorted(candidates, key=lambda h: -relevance[h.id])[:4]
     assert [h.id for h in result.hits] == [h.id for h in expected]
+    # the fake answers P(yes) = 0.8p + 0.2p over P(no) = 0.9(1-p) + 0.1(1-p): exactly p
     assert [h.score for h in result.hits] == pytest.approx([relevance[h.id] for h in expected], abs=1e-6)
-    assert len(chat_server.requests) == 12
-    request = chat_server.requests[0]
-    assert request["model"] == "tiny-judge" and request["logprobs"] is True and request["max_tokens"] == 1
-    assert request["top_logprobs"] >= 2 and "which story is relevant?" in request["messages"][-1]["content"]
+    assert len(sent) == 12
+    body = sent[0].body
+    assert body["model"] == "tiny-judge" and body["logprobs"] is True and body["max_tokens"] == 1
+    assert body["temperature"] == 0 and body["top_logprobs"] >= 2 and not body.get("stream")
+    assert [m["role"] for m in body["messages"]] == ["system", "user"]
+    assert "which story is relevant?" in body["messages"][-1]["content"]
+    assert {relevance_in(r.body["messages"][-1]["content"]) for r in sent} == set(relevance.values())
 
 
-def test_llm_reranker_fails_clearly(word_table, chat_server):
+def test_llm_base_url_still_overrides_the_backend(word_table, monkeypatch):
     store, vectors, _ = word_table
-    with pytest.raises(RerankerUnavailable, match="llm_base_url"):
-        searcher_for(store).search_vector(vectors[0], query_text="q", reranker="llm")
-    url = f"http://127.0.0.1:{chat_server.server_address[1]}/v1"
-    chat_server.mode = "no-logprobs"
-    with pytest.raises(RerankError, match="no logprobs"):
-        searcher_for(store, llm_base_url=url).search_vector(vectors[0], query_text="q", reranker="llm")
-    chat_server.mode = "fail"
-    with pytest.raises(RerankError, match="HTTP 500"):
-        OpenAIChatRelevanceScorer(url).score("q", ["p"])
-    with pytest.raises(RerankError, match="failed"):
-        OpenAIChatRelevanceScorer("http://127.0.0.1:9/v1", timeout_s=2).score("q", ["p"])
+    monkeypatch.setenv("JUDGE_KEY", "sekret")
+    with serve_fake_llm({"tiny-judge": FakeModel(judge=relevance_in)}) as server:
+        searcher = searcher_for(store, llm_base_url=server.url + "/v1", llm_model="tiny-judge", llm_api_key_env="JUDGE_KEY")
+        hits = searcher.search_vector(vectors[0], query_text="q", k=2, reranker="llm", rerank_candidates=3).hits
+        sent = server.chat_requests("/v1/chat/completions")
+    assert len(hits) == 2 and len(sent) == 3
+    assert sent[0].body["model"] == "tiny-judge" and sent[0].headers["authorization"] == "Bearer sekret"
+
+
+def test_llm_reranker_over_ollama_reads_its_native_logprobs(word_table):
+    store, vectors, _ = word_table
+    with serve_fake_llm({"judge": FakeModel(judge=relevance_in)}) as server:
+        searcher = searcher_for(store, rerank_llm="ollama:judge", llm={"ollama_host": server.url})
+        hits = searcher.search_vector(vectors[0], query_text="q", k=3, reranker="llm", rerank_candidates=6).hits
+        sent = server.chat_requests("/api/chat")
+    assert [h.score for h in hits] == pytest.approx(sorted((relevance_in(h.text) for h in hits), reverse=True), abs=1e-6)
+    assert len(sent) == 6 and sent[0].body["logprobs"] is True and sent[0].body["options"]["num_predict"] == 1
+    assert sent[0].body["stream"] is False and sent[0].body["top_logprobs"] >= 2
+
+
+def test_llm_reranker_fails_clearly(word_table):
+    store, vectors, _ = word_table
+    with serve_fake_llm({"plain": FakeModel(), "judge": FakeModel(judge=relevance_in)}) as server:
+        # a server that drops logprobs (Ollama's /v1 does): the message names backends that return them
+        for spec, llm in (("openai:plain", {"openai_base_url": server.url + "/v1"}), ("ollama:plain", {"ollama_host": server.url})):
+            with pytest.raises(RerankerUnavailable, match="no token log-probabilities.*use llamacpp"):
+                searcher_for(store, rerank_llm=spec, llm=llm).search_vector(vectors[0], query_text="q", reranker="llm")
+        with pytest.raises(RerankError, match="no model 'absent'"):
+            searcher_for(store, rerank_llm="openai:absent", llm={"openai_base_url": server.url + "/v1", "max_retries": 0}
+                         ).search_vector(vectors[0], query_text="q", reranker="llm")
+    with pytest.raises(RerankError, match="cannot reach"):
+        searcher_for(store, llm_base_url=f"http://127.0.0.1:{unused_port()}/v1", llm_timeout_s=2
+                     ).search_vector(vectors[0], query_text="q", reranker="llm")
+    with pytest.raises(RerankerUnavailable, match="unknown backend 'gpt'"):
+        searcher_for(store, rerank_llm="gpt:4").search_vector(vectors[0], query_text="q", reranker="llm")
+    with pytest.raises(RerankerUnavailable, match="needs a text query"):
+        searcher_for(store).search_vector(vectors[0], reranker="llm")
+
+    class GenerateOnly:  # a backend without the logprobs capability
+        name, model, supports_images = "custom", "m", False
+
+        def generate(self, messages, images=(), *, stream=True, options=None):
+            yield "yes"
+
+    with pytest.raises(RerankerUnavailable, match="custom backend cannot return token log-probabilities; use llamacpp"):
+        LlmRelevanceScorer(GenerateOnly())
+
+
+@pytest.fixture(scope="module")
+def qwen_llm_config():
+    """The llm settings of the embedded Qwen2.5-Coder-0.5B (skips when its runtime or part packages are missing)."""
+    cache = embedded_llm_cache()
+    # n_ctx/n_threads as in test_llm_backends, so one loaded model serves both in a session
+    return LlmConfig(cache_dir=cache, n_ctx=1024, n_threads=1)
+
+
+@pytest.mark.slow
+def test_llm_reranker_with_the_embedded_llamacpp_model(qwen_llm_config):
+    reranker = create_reranker("llm", SearchConfig(), llm=qwen_llm_config)  # no URL configured: the offline default
+    assert reranker.scorer.backend.name == "llamacpp"
+    query = "How do cats purr?"
+    passages = [
+        "The stock market closed higher on Tuesday after strong bank earnings.",
+        "Cats purr by rapidly twitching the muscles of the larynx while they breathe in and out.",
+        "Preheat the oven to 200 degrees and bake the bread for forty minutes.",
+        "The bus timetable changes on public holidays.",
+    ]
+    scores = reranker.scorer.score(query, passages)
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert max(range(4), key=scores.__getitem__) == 1, scores
+    assert scores[1] > max(scores[0], scores[2], scores[3]) + 0.05, scores
+    hits = [Hit(target="text", id=str(i), score=0.0, rank=i + 1, similarity=0.0, retrieval_score=0.0, doc_url="u",
+                article_title=None, section=None, text=p) for i, p in enumerate(passages)]
+    context = RerankContext(query=query, query_vector=np.zeros(4, np.float32), target="text", table=None)
+    reranked = reranker.rerank(hits, context, k=2)
+    assert reranked[0].id == "1" and reranked[0].score == pytest.approx(scores[1])
 
 
 def test_any_relevance_scorer_plugs_in(word_table):

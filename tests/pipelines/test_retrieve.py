@@ -17,6 +17,7 @@ from pipelines.retrieve import (
     Searcher,
     compile_where,
     cosine_similarities,
+    published_where,
     similarity_search,
     softmax_scores,
     top_k_above,
@@ -123,6 +124,20 @@ def test_compile_where_quotes_values_and_scopes_image_status():
     assert compile_where(Filters(), target="text") is None
     assert compile_where(Filters(), target="text", doc_urls=[]) == "false"
     assert compile_where(Filters(), target="text", doc_urls=["u'1"]) == "doc_url IN ('u''1')"
+
+
+def test_publication_date_filters_compile_to_bounds_on_the_published_column():
+    both = Filters(published_since="2024-03-01", published_until="2024-04-15", url_prefix="https://a.example/")
+    expected = "published >= date '2024-03-01' AND published <= date '2024-04-15'"
+    for target in ("text", "images"):  # the column is on both tables: no join through documents
+        assert compile_where(both, target=target) == f"starts_with(doc_url, 'https://a.example/') AND {expected}"
+    assert published_where(Filters(published_until=" 2024-01-31 ")) == "published <= date '2024-01-31'"
+    assert published_where(Filters(fetched_since="2024-01-01")) is None
+    assert compile_where(Filters(published_since="2024-03-01", where="position < 2"), target="text",
+                         doc_urls=["u"]) == "published >= date '2024-03-01' AND doc_url IN ('u') AND (position < 2)"
+    for bad in ("March 2024", "2024-13-01", "2024-03-01'; drop", "2024-03-01T10:00:00"):
+        with pytest.raises(SearchError, match="invalid publication date"):
+            compile_where(Filters(published_since=bad), target="text")
 
 
 # --------------------------------------------------------------------------- against LanceDB tables
@@ -285,6 +300,98 @@ def test_metadata_filters_on_the_sample_corpus(sample_searcher):
     assert sample_searcher.search("recall", mode="cosine", filters=Filters(fetched_since=future)).hits == []
     with pytest.raises(SearchError, match="invalid date"):
         sample_searcher.search("recall", filters=Filters(fetched_until="yesterday"))
+
+
+SAMPLE_PUBLISHED = {  # the article:published_time of each sample page
+    "contrastive-image-text-embeddings": "2024-02-05", "chunking-strategies-for-rag": "2024-02-19",
+    "evaluating-retrieval-metrics": "2024-03-04", "vector-indexes-ivf-pq-vs-hnsw": "2024-03-18",
+    "image-captioning-and-ocr-for-retrieval": "2024-04-01", "softmax-temperature-and-similarity-thresholds": "2024-04-15",
+    "reranking-cross-encoders-and-rrf": "2024-04-29",
+}
+
+
+def _slug(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".html")
+
+
+@pytest.mark.slow
+def test_publication_dates_are_stored_and_filter_the_sample_corpus(sample_db, sample_searcher):
+    store = IndexStore(str(sample_db))
+    documents = store.open_table("documents").to_arrow().to_pylist()
+    assert {_slug(d["url"]): str(d["published"]) for d in documents} == SAMPLE_PUBLISHED
+    published_of = {d["url"]: d["published"] for d in documents}
+    for name in ("chunks__minilm__paragraph", "images__minilm"):  # denormalised like article_title
+        rows_ = store.open_table(name).to_arrow().select(["doc_url", "published"]).to_pylist()
+        assert rows_ and all(r["published"] == published_of[r["doc_url"]] for r in rows_)
+
+    april = Filters(published_since="2024-04-01")
+    for target in ("text", "images"):
+        every = sample_searcher.search("retrieval", target=target, mode="cosine", k=500).hits
+        kept = sample_searcher.search("retrieval", target=target, mode="cosine", k=500, filters=april).hits
+        expected = [h.id for h in every if SAMPLE_PUBLISHED[_slug(h.doc_url)] >= "2024-04-01"]
+        assert kept and [h.id for h in kept] == expected
+    february = sample_searcher.search("retrieval", mode="cosine", k=500,
+                                      filters=Filters(published_since="2024-02-06", published_until="2024-02-19")).hits
+    assert {_slug(h.doc_url) for h in february} == {"chunking-strategies-for-rag"}
+    assert sample_searcher.search("retrieval", mode="cosine", filters=Filters(published_until="2023-12-31")).hits == []
+    with pytest.raises(SearchError, match="invalid publication date"):
+        sample_searcher.search("retrieval", filters=Filters(published_since="last spring"))
+
+
+DATED_PAGE = """<html><head><title>Dated</title>
+<meta property="article:published_time" content="2023-05-06T08:00:00Z"></head>
+<body><article><h1>Dated page</h1><p>Lighthouses guide ships along the rocky northern coast at night.</p>
+<figure><img src="missing.png" alt="a lighthouse"><figcaption>A lighthouse at dusk</figcaption></figure>
+</article></body></html>"""
+UNDATED_PAGE = """<html><head><title>Undated</title></head>
+<body><article><h1>Undated page</h1><p>Lighthouse keepers once trimmed the lamp wicks every evening.</p>
+</article></body></html>"""
+
+
+@pytest.mark.slow
+def test_an_undated_page_is_excluded_and_an_old_database_gets_dates_on_reparse(prefect_harness, tmp_path, minilm):
+    from flows.index import run_index
+
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    (pages / "dated.html").write_text(DATED_PAGE, encoding="utf-8")
+    (pages / "undated.html").write_text(UNDATED_PAGE, encoding="utf-8")
+    db = tmp_path / "db"
+    cfg = MmragConfig(store={"db_uri": str(db), "raw_dir": str(tmp_path / "raw")}, progress=False)
+    assert run_index([str(pages)], cfg).exit_code(strict=False) == 0
+
+    def search(since: str | None, target: str = "text"):
+        searcher = Searcher(MmragConfig(store={"db_uri": str(db)}), embedder=minilm)
+        return searcher.search("lighthouse", target=target, mode="cosine", k=20,
+                               filters=Filters(published_since=since))
+
+    assert {_slug(h.doc_url) for h in search(None).hits} == {"dated", "undated"}
+    assert {_slug(h.doc_url) for h in search("2023-01-01").hits} == {"dated"}  # null dates never pass a bound
+    assert [_slug(h.doc_url) for h in search("2023-01-01", "images").hits] == ["dated"]
+
+    # Make it a database written before publication dates existed.
+    store = IndexStore(str(db))
+    content = ["chunks__minilm__paragraph", "images__minilm"]
+    before = {name: store.open_table(name).to_arrow().drop_columns(["published"]) for name in content}
+    for name in [*content, "documents"]:
+        store.open_table(name).drop_columns(["published"])
+    with pytest.raises(SearchError, match="no publication dates.*--reparse"):
+        search("2023-01-01")
+
+    # An incremental run skips the unchanged pages but adds the column (null: dates unknown) ...
+    assert run_index([str(pages)], cfg).to_dict()["documents_unchanged"] == 2
+    assert search("2023-01-01").hits == []
+    # ... and a re-parse fills the dates of rows it keeps, without rewriting them.
+    reparse = cfg.model_copy(update={"fetch": cfg.fetch.model_copy(update={"reparse_from_raw": True})})
+    summary = run_index([str(pages)], reparse).to_dict()
+    assert summary["chunks_embedded"] == 0
+    assert {_slug(h.doc_url) for h in search("2023-01-01").hits} == {"dated"}
+    assert [_slug(h.doc_url) for h in search("2023-01-01", "images").hits] == ["dated"]
+    for name in content:  # nothing else changed
+        after = store.open_table(name).to_arrow()
+        assert after.drop_columns(["published"]).sort_by("id").equals(before[name].sort_by("id"))
+    dates = {_slug(r["url"]): r["published"] for r in store.open_table("documents").to_arrow().to_pylist()}
+    assert {k: str(v) if v else None for k, v in dates.items()} == {"dated": "2023-05-06", "undated": None}
 
 
 @pytest.mark.slow

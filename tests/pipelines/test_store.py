@@ -84,3 +84,61 @@ def test_record_and_read_last_run(tmp_path):
 
 def test_sql_quoting_escapes_single_quotes():
     assert store.sql_in("url", ["a'b", "c"]) == "url IN ('a''b', 'c')"
+
+
+def _without(schema: pa.Schema, name: str) -> pa.Schema:
+    return schema.remove(schema.get_field_index(name))
+
+
+def test_a_table_written_before_published_existed_is_evolved_and_keeps_its_rows(tmp_path):
+    from datetime import date
+
+    s = store.IndexStore(str(tmp_path / "db"))
+    old_chunks = _chunks(["old alpha text", "old beta text"], "file:///old.html")
+    new_rows = _table(old_chunks)
+    old_schema = _without(new_rows.schema, "published")
+    s.db.create_table("c", new_rows.drop_columns(["published"]).cast(old_schema))  # the schema before this change
+    old_docs = pa.Table.from_pylist(
+        [{"id": "d1", "url": "file:///old.html", "status": "ok", "title": "Old", "n_chunks": 2}],
+        schema=_without(store.documents_schema(), "published"))
+    s.db.create_table(store.DOCUMENTS, old_docs)
+    assert "published" not in s.open_table("c").schema.names
+
+    # Reads of the missing column give nulls instead of failing.
+    assert s.document_rows(["file:///old.html"])["file:///old.html"]["published"] is None
+    assert {r["published"] for r in s.ids_by_doc("c", ["file:///old.html"], ["published"])["file:///old.html"].values()} == {None}
+
+    dated = [Chunk("file:///new.html", "New", ("S",), 0, 0, 9, "new chunk", 2, "paragraph", published="2024-03-18")]
+    s.upsert("c", _table(dated))
+    s.upsert(store.DOCUMENTS, rows.documents_table([{"id": "d2", "url": "file:///new.html", "status": "ok",
+                                                      "published": date(2024, 3, 18)}]))
+    table = s.open_table("c")
+    assert "published" in table.schema.names and table.count_rows() == 3
+    by_id = {r["id"]: r for r in table.to_arrow().to_pylist()}
+    assert by_id[dated[0].id]["published"] == date(2024, 3, 18)
+    for chunk in old_chunks:  # nothing stored is lost: text and vector kept, the date unknown
+        assert by_id[chunk.id]["text"] == chunk.text and len(by_id[chunk.id]["vector"]) == 4
+        assert by_id[chunk.id]["published"] is None
+    docs = {r["url"]: r for r in s.open_table(store.DOCUMENTS).to_arrow().to_pylist()}
+    assert docs["file:///old.html"]["title"] == "Old" and docs["file:///old.html"]["published"] is None
+    assert docs["file:///new.html"]["published"] == date(2024, 3, 18)
+    # A date filter works on the evolved table and leaves out the undated rows.
+    hits = table.search(np.ones(4, np.float32)).where("published >= date '2024-01-01'").limit(10).to_arrow()
+    assert hits.column("id").to_pylist() == [dated[0].id]
+
+    # Dates of kept rows are set in place (the re-parse path), adding the column where missing.
+    s.db.create_table("i", old_docs.select(["id", "url"]).rename_columns(["id", "doc_url"]))
+    field = store.documents_schema().field("published")
+    assert s.set_where_in("i", "published", {date(2024, 2, 5): ["file:///old.html"]}, field=field) == 1
+    assert s.open_table("i").to_arrow().column("published").to_pylist() == [date(2024, 2, 5)]
+    assert s.set_where_in("c", "published", {None: ["file:///new.html"], date(2024, 2, 5): ["file:///old.html"]}) == 3
+    assert {r["published"] for r in s.open_table("c").to_arrow().to_pylist()} == {None, date(2024, 2, 5)}
+
+
+def test_a_missing_required_column_is_refused_before_writing(tmp_path):
+    s = store.IndexStore(str(tmp_path / "db"))
+    s.db.create_table("t", pa.table({"id": ["a"]}))
+    schema = pa.schema([pa.field("id", pa.string()), pa.field("must", pa.string(), nullable=False)])
+    with pytest.raises(ValueError, match="non-nullable column.*must"):
+        s.upsert("t", pa.Table.from_pylist([{"id": "b", "must": "x"}], schema=schema))
+    assert s.open_table("t").to_arrow().to_pylist() == [{"id": "a"}]
