@@ -25,14 +25,13 @@ image that has no caption, once per distinct image, model and prompt (reused fro
 ``image_captions`` table); the caption is stored there with its provenance and in the row's
 ``generated_caption`` (the row's ``caption`` stays the page's own, empty), and added to the surrogate
 as "Generated caption: …". A backend that cannot caption stops the stage for the run, not the run.
+The embedding tasks are in :mod:`flows.embedding`, the OCR and caption stages in :mod:`flows.image_text`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
-import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,31 +39,27 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from urllib.parse import unquote, urlparse
 
-import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from mmrag.config import ImageConfig, LlmConfig, MmragConfig
+from flows.embedding import PIXELS, image_vectors, vectors_for
+from flows.image_text import CaptionState, OcrState, caption_missing_images, read_image_text, start_captioning, start_ocr
+from mmrag.config import MmragConfig
 from mmrag.progress import Progress
 from mmrag.records import Chunk, FetchResult, ParsedDocument, sha256_hex
 from pipelines import generate, guard, incremental, rows, store
 from pipelines.chunk import chunk_document
-from pipelines.embed import Embedder, LazyEmbedder, embed_in_batches, load_now
+from pipelines.embed import Embedder, LazyEmbedder, load_now
 from pipelines.fetch import Fetcher
 from pipelines.images import inspect_image
-from pipelines.llm import make_backend
-from pipelines.llm.base import ChatBackend, LlmError
-from pipelines.ocr import OcrUnavailable, ocr_image, resolve_backend
 from pipelines.parse import parse_html
 from pipelines.rawstore import RawStore
 from pipelines.sources import PageTarget, expand_sources
 from pipelines.summary import IndexSummary
 
 FETCH_OK = {"ok", "not_modified"}
-PIXELS = "pixels"
-TEXT_SURROGATE = "text_surrogate"
 
 
 @dataclass
@@ -186,246 +181,6 @@ def parse_page(target: PageTarget, result: FetchResult, embedder: Embedder, conf
     return ParsedPage(target, result, doc, chunks)
 
 
-@task(name="embed-texts", cache_policy=NO_CACHE)
-def embed_texts(texts: list[str], embedder: Embedder, batch_size: int, progress: Progress, label: str) -> np.ndarray:
-    """Embed texts in batches, advancing the progress bar per batch."""
-    bar = progress.bar(label, total=len(texts))
-    vectors = embed_in_batches(texts, embedder.embed_texts, batch_size=batch_size, dimension=embedder.dimension,
-                               on_batch=bar.advance)
-    bar.close()
-    return vectors
-
-
-@dataclass
-class PixelVectors:
-    """Image vectors embedded from pixels, in the order of the images given.
-
-    ``multivectors``: every query vector of each image (BLIP-2), else None. ``errors``: index ->
-    message of the images that could not be embedded (their rows of ``vectors`` are zeros).
-    """
-
-    vectors: np.ndarray
-    multivectors: list[np.ndarray] | None = None
-    errors: dict[int, str] = field(default_factory=dict)
-
-
-def produces_multivectors(embedder) -> bool:
-    """Whether ``embedder`` gives several vectors per image (``embed_image_bytes_multi``, e.g. BLIP-2's 32 queries)."""
-    return callable(getattr(embedder, "embed_image_bytes_multi", None))
-
-
-def _pixel_batch(blobs: Sequence[bytes], embedder, image_cfg: ImageConfig, on_batch=None) -> PixelVectors:
-    if not produces_multivectors(embedder):
-        return PixelVectors(embedder.embed_image_bytes(blobs, image_cfg, on_batch=on_batch))
-    from pipelines.blip2_embedder import mean_pooled
-
-    multi = embedder.embed_image_bytes_multi(blobs, image_cfg, on_batch=on_batch)
-    return PixelVectors(mean_pooled(multi), list(multi))
-
-
-@task(name="embed-images", cache_policy=NO_CACHE)
-def embed_images(blobs: list[bytes], embedder: Embedder, image_cfg: ImageConfig, progress: Progress, label: str) -> PixelVectors:
-    """Embed encoded images from their pixels in the embedder's batches (decoding runs one batch ahead),
-    advancing the progress bar per batch; BLIP-2-like embedders also give every query vector.
-
-    An image that does not decode costs only itself: the group is retried one image at a time and
-    the failures are returned in ``errors``.
-    """
-    bar = progress.bar(label, total=len(blobs))
-    try:
-        result = _pixel_batch(blobs, embedder, image_cfg, bar.advance)
-    except ValueError:
-        singles, errors = [], {}
-        for i, blob in enumerate(blobs):
-            try:
-                singles.append(_pixel_batch([blob], embedder, image_cfg))
-            except ValueError as exc:
-                errors[i] = str(exc).removeprefix("image 0: ")
-                singles.append(PixelVectors(np.zeros((1, embedder.dimension), dtype=np.float32),
-                                            [np.zeros((1, embedder.dimension), dtype=np.float32)]))
-        result = _concat_pixel_vectors(singles, multi=produces_multivectors(embedder))
-        result.errors = errors
-    bar.close()
-    return result
-
-
-def _concat_pixel_vectors(parts: Sequence[PixelVectors], *, multi: bool) -> PixelVectors:
-    """One :class:`PixelVectors` of consecutive parts (error indices shifted to their place)."""
-    errors, offset = {}, 0
-    for part in parts:
-        errors.update({offset + i: message for i, message in part.errors.items()})
-        offset += len(part.vectors)
-    return PixelVectors(np.concatenate([p.vectors for p in parts]),
-                        [m for p in parts for m in p.multivectors] if multi else None, errors)
-
-
-@task(name="ocr-images", cache_policy=NO_CACHE)
-def ocr_images(blobs: dict[str, bytes], backend: str, image_cfg: ImageConfig, progress: Progress) -> tuple[dict[str, str], dict[str, str]]:
-    """Read the text in each image (``{sha256: bytes}``) with OCR ``backend``; returns ``(texts, errors)`` by sha256."""
-    bar = progress.bar("ocr images", total=len(blobs))
-    texts: dict[str, str] = {}
-    errors: dict[str, str] = {}
-    for sha, data in blobs.items():
-        try:
-            texts[sha] = ocr_image(data, backend=backend, image_cfg=image_cfg)
-        except (ValueError, RuntimeError) as exc:  # one unreadable image must not cost the run
-            errors[sha] = f"{type(exc).__name__}: {exc}"
-        bar.advance(1)
-    bar.close()
-    return texts, errors
-
-
-@dataclass
-class OcrState:
-    """OCR during one run: whether it runs, the engine, and the text of every image read or found so far (by sha256)."""
-
-    enabled: bool
-    backend: str = ""
-    texts: dict[str, str] = field(default_factory=dict)
-
-
-def start_ocr(config: MmragConfig, summary: IndexSummary) -> OcrState:
-    """The run's :class:`OcrState`; when ``images.ocr`` is on but no engine is installed, the summary says so once."""
-    if not config.images.ocr:
-        summary.ocr_note = "off (images.ocr is false)"
-        return OcrState(False)
-    try:
-        backend = resolve_backend(config.images.ocr_backend)
-    except OcrUnavailable as exc:
-        summary.ocr_note = f"not run: {exc}"
-        get_run_logger().warning("OCR is on but cannot run: %s", exc)
-        return OcrState(False)
-    summary.ocr_backend = backend
-    return OcrState(True, backend)
-
-
-def _read_image_text(occurrences: list[rows.ImageOccurrence], ocr: OcrState, index_store: store.IndexStore,
-                     config: MmragConfig, summary: IndexSummary, progress: Progress) -> list[rows.ImageOccurrence]:
-    """``occurrences`` with ``ocr_text`` filled for images that decoded: text read earlier in this run, else
-    stored on a row of any image table (same sha256), else OCR now, once per distinct image."""
-    if not ocr.enabled:
-        return occurrences
-    readable = {o.info.sha256: o for o in occurrences if o.status == "ok" and o.data is not None and o.info}
-    new = [sha for sha in readable if sha not in ocr.texts]
-    stored = index_store.ocr_texts_by_sha(new)
-    ocr.texts.update(stored)
-    summary.ocr_reused += len(stored)
-    todo = {sha: readable[sha].data for sha in new if sha not in stored}
-    if todo:
-        started = time.perf_counter()
-        texts, errors = ocr_images.submit(todo, ocr.backend, config.images, progress).result()
-        summary.ocr_seconds = round(summary.ocr_seconds + time.perf_counter() - started, 3)
-        summary.ocr_images += len(todo)
-        ocr.texts.update(texts)
-        for sha, message in errors.items():
-            summary.add_failure("image", readable[sha].ref.src, "ocr_error", message)
-    return [dataclasses.replace(o, ocr_text=ocr.texts.get(o.info.sha256))
-            if o.status == "ok" and o.info and o.info.sha256 in readable else o for o in occurrences]
-
-
-@task(name="caption-images", cache_policy=NO_CACHE)
-def caption_images(blobs: dict[str, tuple[bytes, str]], llm_config: LlmConfig, llm_spec: str, prompt: str,
-                   max_tokens: int, progress: Progress) -> generate.CaptionBatch:
-    """Ask the vision model ``llm_spec`` for a caption of each image (``{sha256: (bytes, MIME)}``), one request each."""
-    bar = progress.bar("caption images", total=len(blobs))
-    batch = generate.caption_images(make_backend(llm_config, llm_spec), blobs, prompt, max_tokens=max_tokens,
-                                    on_image=bar.advance)
-    bar.close()
-    return batch
-
-
-@dataclass
-class CaptionState:
-    """Caption enrichment during one run: whether it runs, the vision backend, the captions found or made so
-    far (by sha256), and ``stopped``: why no more images are sent (the backend cannot caption), if so."""
-
-    enabled: bool
-    backend: ChatBackend | None = None
-    llm_config: LlmConfig | None = None
-    captions: dict[str, str] = field(default_factory=dict)
-    asked: set[str] = field(default_factory=set)
-    vision_checked: bool = False
-    stopped: str = ""
-
-
-def start_captioning(config: MmragConfig, summary: IndexSummary) -> CaptionState:
-    """The run's :class:`CaptionState` (``images.caption_missing``); nothing is sent to the backend yet."""
-    if not config.images.caption_missing:
-        summary.caption_note = "off (images.caption_missing is false)"
-        return CaptionState(False)
-    llm_config = config.llm.model_copy(update={"send_images": True})  # llm.send_images is about answers
-    backend = make_backend(llm_config, config.images.caption_llm)
-    summary.caption_model = f"{backend.name}:{backend.model}"
-    return CaptionState(True, backend, llm_config)
-
-
-def _stop_captioning(captioning: CaptionState, reason: str, summary: IndexSummary) -> None:
-    """Send no more images this run; the summary says why, once."""
-    captioning.stopped = reason
-    summary.caption_note = f"stopped: {reason}; images are indexed without a generated caption"
-    get_run_logger().warning("caption enrichment stopped: %s", reason)
-
-
-def _vision_ready(captioning: CaptionState, summary: IndexSummary) -> bool:
-    """Whether images may be sent: checked once per run (Ollama lists a model's capabilities; asking may fail)."""
-    if not captioning.vision_checked and not captioning.stopped:
-        captioning.vision_checked = True
-        backend = captioning.backend
-        try:
-            sees_images = backend.supports_images
-        except LlmError as exc:
-            _stop_captioning(captioning, str(exc), summary)
-            return False
-        if not sees_images:
-            _stop_captioning(captioning, f"{backend.name}:{backend.model} does not accept images (the server lists no "
-                             "vision capability); set images.caption_llm to a vision model", summary)
-    return not captioning.stopped
-
-
-def needs_caption(occurrence: rows.ImageOccurrence) -> bool:
-    """Whether caption enrichment applies: the image decoded and its page gives it no caption (nor alt or title)."""
-    return (occurrence.status == "ok" and occurrence.data is not None and occurrence.info is not None
-            and (occurrence.ref.caption_missing or not occurrence.ref.caption.strip()))
-
-
-def _caption_missing(occurrences: list[rows.ImageOccurrence], captioning: CaptionState, index_store: store.IndexStore,
-                     config: MmragConfig, summary: IndexSummary, progress: Progress) -> list[rows.ImageOccurrence]:
-    """``occurrences`` with ``generated_caption`` filled for decoded images without a caption: a caption made
-    earlier in this run, else stored in ``image_captions`` for the same image, model and prompt, else one
-    asked of the vision model now (and stored), once per distinct image."""
-    if not captioning.enabled:
-        return occurrences
-    backend, prompt = captioning.backend, config.images.caption_prompt
-    uncaptioned = {o.info.sha256: o for o in occurrences if needs_caption(o)}
-    new = [sha for sha in uncaptioned if sha not in captioning.captions and sha not in captioning.asked]
-    stored = generate.stored_captions(index_store, new, backend.model, prompt)
-    captioning.captions.update(stored)
-    summary.captions_reused += len(stored)
-    todo = {}
-    for sha in new:
-        image = uncaptioned[sha]
-        given = generate.model_image(image.data, image.info.format, image.info.is_raster, image.info.raster_png)
-        if sha not in stored and given is not None:
-            todo[sha] = given
-    if todo and _vision_ready(captioning, summary):
-        started = time.perf_counter()
-        batch = caption_images.submit(todo, captioning.llm_config, config.images.caption_llm, prompt,
-                                      config.images.caption_max_tokens, progress).result()
-        summary.caption_seconds = round(summary.caption_seconds + time.perf_counter() - started, 3)
-        if batch.rows:
-            generate.store_captions(index_store, batch.rows)
-        captioning.captions.update({row["image_sha256"]: row["caption"] for row in batch.rows})
-        summary.captions_generated += len(batch.rows)
-        for sha, message in batch.errors.items():
-            summary.add_failure("image", uncaptioned[sha].ref.src, "caption_error", message)
-        if batch.fatal is not None:
-            _stop_captioning(captioning, str(batch.fatal), summary)
-    captioning.asked.update(todo)  # a failed image is not asked again in this run
-    summary.captions_failed += sum(1 for sha in todo if sha not in captioning.captions)
-    return [dataclasses.replace(o, generated_caption=captioning.captions.get(o.info.sha256)) if needs_caption(o) else o
-            for o in occurrences]
-
-
 # -- the flow ------------------------------------------------------------------------------
 
 
@@ -529,114 +284,6 @@ def _batch_report(before: tuple[dict, dict], summary: IndexSummary) -> str:
     return f"{counts}; {times}"
 
 
-def _embed_in_tasks(items: list, embed_task, embedder, setting, config: MmragConfig, progress: Progress, label: str) -> list:
-    """``embed_task(group, embedder, setting, progress, label)`` over groups of ``ops.embed_task_rows`` items:
-    in turn on threads (torch uses every core), all at once on Dask; returns the groups' results in order."""
-    size = config.ops.embed_task_rows
-    groups = [items[i : i + size] for i in range(0, len(items), size)]
-    if config.ops.task_runner != "dask":
-        return [embed_task(g, embedder, setting, progress, label) for g in groups]
-    bar = progress.bar(label, total=len(items))
-    futures = [embed_task.submit(g, embedder, setting, progress, label) for g in groups]
-    parts = []
-    for future, group in zip(futures, groups):
-        parts.append(future.result())
-        bar.advance(len(group))
-    bar.close()
-    return parts
-
-
-def _embed(texts: list[str], embedder, config: MmragConfig, progress: Progress, label: str) -> np.ndarray:
-    """Embed ``texts`` in tasks of ``ops.embed_task_rows`` (see :func:`_embed_in_tasks`)."""
-    if not texts:
-        return np.empty((0, embedder.dimension), dtype=np.float32)
-    return np.concatenate(_embed_in_tasks(texts, embed_texts, embedder, config.embed.batch_size, config, progress, label))
-
-
-def _vectors_for(keys: list[str], texts: list[str], table: str, key_column: str, embedder, index_store: store.IndexStore,
-                 config: MmragConfig, progress: Progress, label: str, where: str | None = None) -> tuple[np.ndarray, int]:
-    """Vectors for ``texts`` (same order), reusing stored ones with the same ``key_column`` (among rows matching
-    the SQL ``where``); returns (vectors, reused)."""
-    if not keys:  # not even the dimension: asking would load a lazy embedder for nothing
-        return np.empty((0, 0), dtype=np.float32), 0
-    reusable = index_store.vectors_by_key(table, key_column, keys, where)
-    todo_keys, todo_texts = incremental.texts_to_embed(keys, texts, reusable)
-    computed = _embed(todo_texts, embedder, config, progress, label)
-    vector_of = {**reusable, **dict(zip(todo_keys, computed))}
-    vectors = np.stack([np.asarray(vector_of[k], dtype=np.float32) for k in keys])
-    return vectors, len(keys) - len(todo_keys)
-
-
-@dataclass
-class ImageVectors:
-    """The vectors of a list of images (same order): where each came from, BLIP-2's query vectors, reuse counts."""
-
-    vectors: np.ndarray
-    sources: list[str]
-    multivectors: list[np.ndarray] | None
-    reused: int
-
-
-def _image_vectors(images: list[rows.ImageOccurrence], embedder, index_store: store.IndexStore, image_table: str,
-                   config: MmragConfig, summary: IndexSummary, progress: Progress) -> ImageVectors:
-    """Vectors for image rows to write: from pixels when the embedder embeds images and the bytes are there,
-    else from the text surrogate (caption, alt, section, OCR text) in the same space.
-
-    Reuse keys differ by source: a pixel vector depends only on the image content, so stored ``pixels``
-    rows with the same ``image_sha256`` lend theirs (an image whose page or caption changed is not
-    re-embedded); a surrogate vector depends on the surrogate text, keyed by ``surrogate_hash``. Each
-    distinct image is embedded once. An image whose pixels cannot be embedded falls back to its
-    surrogate and is recorded as an ``embed_error`` failure.
-    """
-    if not images:  # nothing to embed: leave a lazy embedder unloaded
-        return ImageVectors(np.empty((0, 0), dtype=np.float32), [], None, 0)
-    multi = produces_multivectors(embedder)
-    with_pixels = "image" in embedder.modalities
-    pixel_of = {i: o.info.sha256 for i, o in enumerate(images)
-                if with_pixels and o.status == "ok" and o.data is not None and o.info is not None}
-    vector_of: dict[str, np.ndarray] = {}
-    multi_of: dict[str, np.ndarray] = {}
-    computed_shas = 0
-    if pixel_of:
-        shas = list(dict.fromkeys(pixel_of.values()))
-        where = f"vector_source = {store.sql_quote(PIXELS)}"
-        vector_of = index_store.vectors_by_key(image_table, "image_sha256", shas, where)
-        if multi:
-            multi_of = index_store.multivectors_by_key(image_table, "image_sha256", shas, where)
-            vector_of = {sha: v for sha, v in vector_of.items() if sha in multi_of}
-        blob_of = {sha: images[i].data for i, sha in pixel_of.items()}
-        todo, blobs = incremental.texts_to_embed(shas, [blob_of[sha] for sha in shas], vector_of)
-        if todo:
-            parts = _embed_in_tasks(blobs, embed_images, embedder, config.images, config, progress, "embed images (pixels)")
-            computed = _concat_pixel_vectors(parts, multi=multi)
-            computed_shas = len(todo) - len(computed.errors)
-            for j, sha in enumerate(todo):
-                if j in computed.errors:
-                    src = next(images[i].ref.src for i, s in pixel_of.items() if s == sha)
-                    summary.add_failure("image", src, "embed_error", computed.errors[j])
-                    continue
-                vector_of[sha] = computed.vectors[j]
-                if multi:
-                    multi_of[sha] = computed.multivectors[j]
-        pixel_of = {i: sha for i, sha in pixel_of.items() if sha in vector_of}
-    rest = [i for i in range(len(images)) if i not in pixel_of]
-    surrogate_vectors, surrogate_reused = _vectors_for(
-        [images[i].surrogate_hash for i in rest], [images[i].surrogate_text for i in rest], image_table,
-        "surrogate_hash", embedder, index_store, config, progress, "embed images",
-        where=f"vector_source = {store.sql_quote(TEXT_SURROGATE)}")
-    surrogate_of = dict(zip(rest, surrogate_vectors))
-    vectors = [vector_of[pixel_of[i]] if i in pixel_of else surrogate_of[i] for i in range(len(images))]
-    multivectors = None
-    if multi:  # a surrogate row's "query vectors" are its one vector: max over them is its cosine
-        multivectors = [multi_of[pixel_of[i]] if i in pixel_of else surrogate_of[i][None, :] for i in range(len(images))]
-    return ImageVectors(
-        vectors=np.stack(vectors).astype(np.float32, copy=False) if vectors else np.empty((0, embedder.dimension), np.float32),
-        sources=[PIXELS if i in pixel_of else TEXT_SURROGATE for i in range(len(images))],
-        multivectors=multivectors,
-        reused=len(pixel_of) - computed_shas + surrogate_reused,
-    )
-
-
 def _index_batch(
     batch: Sequence[PageTarget],
     fetcher: Fetcher,
@@ -687,10 +334,10 @@ def _index_batch(
         occurrences = [occ for f in image_futures for occ in f.result()]
     if ocr is not None and ocr.enabled:
         with summary.timed("ocr"):
-            occurrences = _read_image_text(occurrences, ocr, index_store, config, summary, progress)
+            occurrences = read_image_text(occurrences, ocr, index_store, config, summary, progress)
     if captioning is not None and captioning.enabled:
         with summary.timed("captions"):
-            occurrences = _caption_missing(occurrences, captioning, index_store, config, summary, progress)
+            occurrences = caption_missing_images(occurrences, captioning, index_store, config, summary, progress)
 
     good_urls = {p.target.url for p in good}
 
@@ -711,10 +358,10 @@ def _index_batch(
     stale_image_ids = set(stored_image_rows) - {o.id for o in occurrences}
 
     with summary.timed("embed"):
-        chunk_vectors, chunks_reused = _vectors_for(
+        chunk_vectors, chunks_reused = vectors_for(
             [c.content_hash for c in plan.new], [c.text for c in plan.new], chunk_table, "content_hash",
             embedder, index_store, config, progress, "embed chunks")
-        image_vectors = _image_vectors(changed_images, embedder, index_store, image_table, config, summary, progress)
+        new_image_vectors = image_vectors(changed_images, embedder, index_store, image_table, config, summary, progress)
 
     with summary.timed("write"):
         # Order matters for crash safety: content first, then the documents rows that vouch for it.
@@ -726,8 +373,8 @@ def _index_batch(
             index_store.upsert(chunk_table, rows.chunks_table(plan.new, chunk_vectors, embedder=embedder.name, run_id=run_id))
         if changed_images:
             index_store.upsert(image_table, rows.images_table(
-                changed_images, image_vectors.vectors, embedder=embedder.name, vector_source=image_vectors.sources,
-                run_id=run_id, multivectors=image_vectors.multivectors))
+                changed_images, new_image_vectors.vectors, embedder=embedder.name, vector_source=new_image_vectors.sources,
+                run_id=run_id, multivectors=new_image_vectors.multivectors))
         # Kept rows of a re-parsed page are not rewritten: bring their copy of the page's date up to date.
         dates = {p.target.url: rows.published_value(p.doc.published) for p in good}
         for table_name, stored in ((chunk_table, stored_chunks), (image_table, stored_images)):
@@ -803,8 +450,8 @@ def _index_batch(
     summary.images_embedded += len(changed_images)
     summary.images_added += sum(1 for o in changed_images if o.id not in stored_image_rows)
     summary.images_updated += sum(1 for o in changed_images if o.id in stored_image_rows)
-    summary.images_vectors_reused += image_vectors.reused
-    summary.images_pixel_vectors += image_vectors.sources.count(PIXELS)
+    summary.images_vectors_reused += new_image_vectors.reused
+    summary.images_pixel_vectors += new_image_vectors.sources.count(PIXELS)
     summary.images_unchanged += len(occurrences) - len(changed_images)
     summary.images_deleted += len(stale_image_ids)
     summary.image_blobs_new += len(new_blob_keys)
