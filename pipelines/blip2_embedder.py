@@ -42,12 +42,11 @@ from pipelines.clip_embedder import (
     l2_normalised,
     load_failure,
     load_pretrained,
-    locate_checkpoint,
     max_text_tokens,
+    register_text_image_embedder,
     require_model_type,
     torch_dtype,
 )
-from pipelines.embed import EmbedderSpec, register_embedder
 
 if TYPE_CHECKING:
     import torch
@@ -182,16 +181,8 @@ def mean_pooled(image_multi: np.ndarray) -> np.ndarray:
     return (pooled / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
 
 
-def _blip2_factory(cfg: EmbedConfig) -> Blip2Embedder:
-    return Blip2Embedder(locate_checkpoint("blip2", DEFAULT_CHECKPOINT, cfg), cfg)
-
-
-register_embedder(
-    EmbedderSpec(
-        name="blip2",
-        modalities=frozenset({"text", "image"}),
-        description=f"BLIP-2 Q-Former ({DEFAULT_CHECKPOINT} by default): texts and images in its 256-d ITC space; "
-        "images as 32 query vectors (max-over-queries score) or their mean",
-        factory=_blip2_factory,
-    )
+register_text_image_embedder(
+    "blip2", Blip2Embedder, DEFAULT_CHECKPOINT,
+    f"BLIP-2 Q-Former ({DEFAULT_CHECKPOINT} by default): texts and images in its 256-d ITC space; "
+    "images as 32 query vectors (max-over-queries score) or their mean",
 )

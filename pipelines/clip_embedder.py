@@ -420,16 +420,21 @@ from pipelines.embed import (  # noqa: E402
 )
 
 
-def _clip_factory(cfg: EmbedConfig) -> ClipEmbedder:
-    return ClipEmbedder(locate_checkpoint("clip", DEFAULT_CHECKPOINT, cfg), cfg)
-
-
-register_embedder(
-    EmbedderSpec(
-        name="clip",
-        modalities=frozenset({"text", "image"}),
-        description=f"CLIP ({DEFAULT_CHECKPOINT} by default; any CLIP checkpoint via --model-path): text and images "
-        "in one space, 77-token texts",
-        factory=_clip_factory,
+def register_text_image_embedder(name: str, embedder_class: type, default_checkpoint: str, description: str) -> None:
+    """Register ``name`` as a text+image embedder built by ``embedder_class(checkpoint_dir, cfg)``; the checkpoint
+    is found by :func:`locate_checkpoint` (``--model-path``, the Hugging Face cache, else a clear error)."""
+    register_embedder(
+        EmbedderSpec(
+            name=name,
+            modalities=frozenset({"text", "image"}),
+            description=description,
+            factory=lambda cfg: embedder_class(locate_checkpoint(name, default_checkpoint, cfg), cfg),
+        )
     )
+
+
+register_text_image_embedder(
+    "clip", ClipEmbedder, DEFAULT_CHECKPOINT,
+    f"CLIP ({DEFAULT_CHECKPOINT} by default; any CLIP checkpoint via --model-path): text and images in one space, "
+    "77-token texts",
 )
