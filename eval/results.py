@@ -69,6 +69,7 @@ SETTING_COLUMNS: dict[str, pa.DataType] = {
     "reranker": pa.string(),
     "rerank_candidates": pa.int64(),
     "softmax_pool": pa.int64(),
+    "image_scoring": pa.string(),
     "text_k": pa.int64(),
     "text_threshold": pa.float64(),
     "text_temperature": pa.float64(),

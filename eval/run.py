@@ -96,7 +96,7 @@ def resolve_setting(cfg: MmragConfig) -> dict[str, Any]:
     """The retrieval setting of an eval run as a flat JSON-ready dict (what sweeps vary and history records).
 
     Keys: ``embedder, table_embedder, chunking, target, mode, reranker, rerank_candidates,
-    softmax_pool`` and per target ``text_k, text_threshold, text_temperature, image_k, …``
+    softmax_pool, image_scoring`` and per target ``text_k, text_threshold, text_temperature, image_k, …``
     (thresholds are cosine similarities in cosine mode).
     """
     s = cfg.search
@@ -109,6 +109,7 @@ def resolve_setting(cfg: MmragConfig) -> dict[str, Any]:
         "reranker": s.reranker,
         "rerank_candidates": s.rerank_candidates if s.reranker != "none" else None,
         "softmax_pool": s.softmax_pool if s.mode == "softmax" else None,
+        "image_scoring": s.image_scoring,
     }
     for tgt in ("text", "images"):
         ts = target_settings(s, tgt, mode=s.mode)

@@ -6,7 +6,8 @@ A grid file (YAML or JSON) maps setting names to value lists; every combination 
     temperature: [0.1, 0.25, 0.5]
     threshold: [0.0, 0.01]
     mode: [softmax, cosine]
-    # also: text_k, image_k, reranker, embedder, chunking (paragraph|window|tokens), chunk_size
+    # also: text_k, image_k, reranker, image_scoring (mean|max_query), embedder,
+    # chunking (paragraph|window|tokens), chunk_size
 
 ``k``/``temperature``/``threshold`` set both targets (``threshold`` is ``search.cosine_threshold``
 in cosine mode); ``chunk_size`` is ``window_chars`` (window) or ``max_tokens`` (tokens).
@@ -40,8 +41,8 @@ from eval.evalset import EvalEntry
 from eval.run import EvalResult, can_embed, embed_queries, new_run_id, run_evaluation
 from mmrag.config import MmragConfig
 
-GRID_KEYS = ("embedder", "chunking", "chunk_size", "mode", "reranker", "k", "text_k", "image_k", "threshold", "temperature")
-SETTING_COLUMNS = ("embedder", "chunking", "mode", "reranker", "text_k", "text_threshold", "text_temperature",
+GRID_KEYS = ("embedder", "chunking", "chunk_size", "mode", "reranker", "image_scoring", "k", "text_k", "image_k", "threshold", "temperature")
+SETTING_COLUMNS = ("embedder", "chunking", "mode", "reranker", "image_scoring", "text_k", "text_threshold", "text_temperature",
                    "image_k", "image_threshold", "image_temperature")
 PRIMARY_METRICS = ("recall@5", "ndcg@10", "mrr")
 
@@ -112,7 +113,7 @@ def point_overrides(point: Mapping[str, Any], *, mode: str) -> dict[str, Any]:
             out["chunking.strategy"] = value
         elif key == "chunk_size":
             out["chunking.window_chars" if point.get("chunking", "window") == "window" else "chunking.max_tokens"] = value
-        elif key in ("mode", "reranker"):
+        elif key in ("mode", "reranker", "image_scoring"):
             out[f"search.{key}"] = value
         elif key == "k":
             out["search.text_k"] = out["search.image_k"] = value

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from mmrag.cli import ConfigOption, DbOption, JsonOption, build_config, emit_json, fail
+from mmrag.cli_common import ConfigOption, DbOption, JsonOption, build_config, emit_json, fail
 
 ImageScoringOption = Annotated[Optional[str], typer.Option(
     "--image-scoring", help="images: mean (one vector per image, the original design) | max_query (best of BLIP-2's "
@@ -170,6 +170,8 @@ def _clip(text: str | None, width: int) -> str:
 
 def format_result(result: Any, *, width: int = 72) -> str:
     """Compact human-readable tables of a :class:`~pipelines.retrieve.SearchResult`, one per target."""
+    from pipelines.generate import caption_or_generated
+
     lines: list[str] = []
     what = f"image {result.image}" if result.image else repr(result.query)
     for target, table in result.tables.items():
@@ -186,7 +188,8 @@ def format_result(result: Any, *, width: int = 72) -> str:
         lines.append(f"  {'#':>3} {'score':>8} {'cos':>6}  {'article > section':<34}  {'text' if target == 'text' else 'caption [status] src'}")
         for hit in hits:
             where = _clip(" > ".join(p for p in (hit.article_title, hit.section) if p), 34)
-            body = hit.text if hit.target == "text" else f"{hit.text or '(no caption)'} [{hit.image_status}] {hit.src_url}"
+            caption = caption_or_generated(hit) or "(no caption)"
+            body = hit.text if hit.target == "text" else f"{caption} [{hit.image_status}] {hit.src_url}"
             lines.append(f"  {hit.rank:>3} {hit.score:>8.4f} {hit.similarity:>6.3f}  {where:<34}  {_clip(body, width)}")
     return "\n".join(lines)
 

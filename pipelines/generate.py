@@ -6,17 +6,20 @@ design: per text hit its article title, section and snippet; per image hit its p
 then the instruction and the question. ``llm.prompt_template`` names a user template; it sees:
 
 * ``question`` (str);
-* ``text_hits``: list of :class:`TextContext` (``article_title``, ``section``, ``text``, ``doc_url``, ``score``);
-* ``image_hits``: list of :class:`ImageContext` (``path``, ``caption``, ``ocr_text``, ``doc_url``,
-  ``section``, ``article_title``, ``score``, ``attached``: whether its bytes go to the model);
+* ``text_hits``: list of :class:`TextContext` (``article_title``, ``section``, ``text``, ``doc_url``, ``score``,
+  ``published``: ISO date or "");
+* ``image_hits``: list of :class:`ImageContext` (``path``, ``caption``, ``generated_caption``: a vision
+  LLM's caption of an image without one, ``ocr_text``, ``doc_url``, ``section``, ``article_title``,
+  ``score``, ``published``, ``attached``: whether its bytes go to the model);
 * ``query_image``: the ``--image`` as an :class:`ImageContext`, or None.
 
 Retrieval hits are duck-typed (:class:`HitLike`): anything with ``target`` (``text``/``image``),
 ``score``, ``doc_url``, ``article_title``, ``section``, ``text`` (for image hits the caption, as in
 ``pipelines.retrieve.Hit``; a ``caption`` field wins when present), ``src_url`` and ``image_sha256``
-works; an optional ``ocr_text`` is shown to text-only models. Side effects (the model call, reading
-image bytes, writing captions) happen only through a :class:`~pipelines.llm.base.ChatBackend` and
-an ``IndexStore`` handed in.
+works; optional ``ocr_text`` and ``generated_caption`` are shown to text-only models. The default
+template shows a generated caption, marked as such, only where the image has no authored one.
+Side effects (the model call, reading image bytes, writing captions) happen only through a
+:class:`~pipelines.llm.base.ChatBackend` and an ``IndexStore`` handed in.
 """
 
 from __future__ import annotations
@@ -55,7 +58,9 @@ Given the query "{{ question }}" and the following relevant snippets:
 {% endif -%}
 {% for image in image_hits -%}
 **Image Path:**  {{ image.path }}
-**Image Caption:** {{ image.caption }}
+{% if image.caption or not image.generated_caption %}**Image Caption:** {{ image.caption }}
+{% else %}**Image Caption (generated):** {{ image.generated_caption }}
+{% endif -%}
 {% if image.ocr_text %}**Text in image:** {{ image.ocr_text }}
 {% endif %}
 {% endfor %}
@@ -98,6 +103,7 @@ class TextContext:
     text: str
     doc_url: str
     score: float
+    published: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,8 @@ class ImageContext:
     score: float = 0.0
     sha256: str = ""
     attached: bool = False
+    generated_caption: str = ""
+    published: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,7 @@ class Source:
     image_path: str | None = None
     image_sha256: str | None = None
     snippet: str = ""
+    published: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON output."""
@@ -215,10 +224,17 @@ def _caption(hit: Any) -> str:
     return _field(hit, "caption") or _field(hit, "text")
 
 
+def caption_or_generated(hit: Any) -> str:
+    """An image hit's authored caption; without one, its generated caption marked ``(generated)``; else ""."""
+    generated = _field(hit, "generated_caption")
+    return _caption(hit) or (f"(generated) {generated}" if generated else "")
+
+
 def text_contexts(hits: Iterable[HitLike]) -> list[TextContext]:
     """The text hits of ``hits`` as template records, in the order given."""
     return [
-        TextContext(_field(h, "article_title"), _field(h, "section"), _field(h, "text"), _field(h, "doc_url"), float(_field(h, "score", 0.0)))
+        TextContext(_field(h, "article_title"), _field(h, "section"), _field(h, "text"), _field(h, "doc_url"),
+                    float(_field(h, "score", 0.0)), str(_field(h, "published")))
         for h in hits
         if _field(h, "target") == "text"
     ]
@@ -238,6 +254,8 @@ def image_contexts(hits: Iterable[HitLike], attached_sha256: Iterable[str] = ())
             score=float(_field(h, "score", 0.0)),
             sha256=_field(h, "image_sha256"),
             attached=_field(h, "image_sha256") in attached,
+            generated_caption=_field(h, "generated_caption"),
+            published=str(_field(h, "published")),
         )
         for h in hits
         if _field(h, "target") == "image"
@@ -269,7 +287,7 @@ def sources_of(hits: Sequence[HitLike], snippet_chars: int = 160) -> list[Source
     sources = []
     for rank, hit in enumerate(hits, 1):
         is_image = _field(hit, "target") == "image"
-        body = _caption(hit) if is_image else _field(hit, "text")
+        body = caption_or_generated(hit) if is_image else _field(hit, "text")
         body = " ".join(str(body).split())
         sources.append(Source(
             rank=rank,
@@ -281,6 +299,7 @@ def sources_of(hits: Sequence[HitLike], snippet_chars: int = 160) -> list[Source
             image_path=(_field(hit, "src_url") or _field(hit, "image_path") or None) if is_image else None,
             image_sha256=(_field(hit, "image_sha256") or None) if is_image else None,
             snippet=body if len(body) <= snippet_chars else body[: snippet_chars - 1] + "…",
+            published=_field(hit, "published") or None,
         ))
     return sources
 
@@ -346,7 +365,7 @@ def image_inputs(hits: Sequence[HitLike], blobs: dict[str, tuple[bytes, str]], q
         sha = _field(hit, "image_sha256")
         if sha in blobs:
             data, mime = blobs[sha]
-            images.append(ImageInput(data=data, mime_type=mime, label=_field(hit, "src_url"), caption=_caption(hit),
+            images.append(ImageInput(data=data, mime_type=mime, label=_field(hit, "src_url"), caption=caption_or_generated(hit),
                                      ocr_text=_field(hit, "ocr_text"), score=float(_field(hit, "score", 0.0)), sha256=sha))
     return images[:limit]
 

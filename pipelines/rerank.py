@@ -45,13 +45,11 @@ import numpy as np
 from mmrag.config import ImageConfig, LlmConfig, SearchConfig
 from pipelines.llm.base import ChatMessage, LlmError, LogprobsBackend
 from pipelines.retrieve import (
-    IMAGE_COLUMNS,
-    TEXT_COLUMNS,
     Hit,
     SearchError,
-    cosine_similarities,
+    hit_columns,
     hit_from_row,
-    vectors_of,
+    row_similarities,
 )
 
 RERANKERS = ("none", "hybrid", "llm", "cross-encoder", "model-score")
@@ -77,6 +75,7 @@ class RerankContext:
     embedder: Any | None = None
     store: Any | None = None
     image_config: ImageConfig = dataclasses.field(default_factory=ImageConfig)
+    vector_column: str = "vector"  # what the search scored: vector_multi for image_scoring max_query
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -354,20 +353,21 @@ class HybridReranker(Reranker):
         if self._indexed_versions.get(id(table)) != table.version:
             ensure_fts_index(table, column, create=self.auto_index)
             self._indexed_versions[id(table)] = table.version
-        columns = TEXT_COLUMNS if context.target == "text" else IMAGE_COLUMNS
+        columns = hit_columns(context.target, table.schema.names)
         limit = max(len(candidates), k)
         query = table.search(context.query, query_type="fts", fts_columns=column)
         if context.where:
             query = query.where(context.where)
         try:
-            rows = query.select([*columns, "vector", "_score"]).limit(limit).to_arrow()
+            rows = query.select([*columns, context.vector_column, "_score"]).limit(limit).to_arrow()
         except Exception as exc:  # noqa: BLE001 - lance raises several types
             raise RerankError(f"reranker 'hybrid': full-text search failed: {(str(exc).splitlines() or [''])[0]}") from None
         fts_ids = rows.column("id").to_pylist()
         fused = reciprocal_rank_fusion([[h.id for h in candidates], fts_ids], k=self.rrf_k)
         by_id = {h.id: h for h in candidates}
         if rows.num_rows:
-            similarities = cosine_similarities(context.query_vector, vectors_of(rows))
+            # rows only full-text search found are scored like the vector search's rows
+            similarities = row_similarities(context.query_vector, rows, context.vector_column)
             for row, similarity in zip(rows.select(columns).to_pylist(), similarities):
                 if row["id"] not in by_id:
                     by_id[row["id"]] = hit_from_row(row, target=context.target, similarity=similarity,

@@ -82,6 +82,14 @@ HIT_TARGET = {"text": "text", "images": "image"}
 
 TEXT_COLUMNS = ["id", "doc_url", "article_title", "section", "text"]
 IMAGE_COLUMNS = ["id", "doc_url", "article_title", "section", "caption", "surrogate_text", "src_url", "image_sha256", "status"]
+#: columns added after the first schema: read when the table has them (older databases may not)
+OPTIONAL_COLUMNS = {"text": ("published",), "images": ("ocr_text", "generated_caption", "published")}
+
+
+def hit_columns(target: str, table_columns: Sequence[str]) -> list[str]:
+    """The columns :func:`hit_from_row` reads from a ``target`` table that has ``table_columns``."""
+    base = TEXT_COLUMNS if target == "text" else IMAGE_COLUMNS
+    return base + [c for c in OPTIONAL_COLUMNS[target] if c in table_columns]
 
 
 class SearchError(ValueError):
@@ -270,7 +278,9 @@ class Hit:
     ``target`` is ``text`` or ``image``; ``rank`` starts at 1 within its target. ``score`` is what
     ranked it last (the mode's score, or the reranker's); ``retrieval_score`` the mode's score
     (None for rows only a hybrid full-text search found); ``similarity`` the raw cosine.
-    ``text`` is the chunk text, or the image caption. Image fields are None for text hits.
+    ``text`` is the chunk text, or the image's authored caption; ``generated_caption`` is a
+    vision LLM's caption of an image that had none (caption enrichment). ``published`` is the
+    article's publication date (ISO ``YYYY-MM-DD``) when known. Image fields are None for text hits.
     """
 
     target: str
@@ -288,6 +298,8 @@ class Hit:
     image_status: str | None = None
     surrogate_text: str | None = field(default=None, repr=False)
     ocr_text: str | None = field(default=None, repr=False)
+    generated_caption: str | None = None
+    published: str | None = None
 
     @property
     def passage(self) -> str:
@@ -301,7 +313,7 @@ class Hit:
         data = dataclasses.asdict(self)
         data.pop("surrogate_text")
         if self.target != "image":
-            for key in ("src_url", "image_sha256", "image_status", "ocr_text"):
+            for key in ("src_url", "image_sha256", "image_status", "ocr_text", "generated_caption"):
                 data.pop(key)
         return data
 
@@ -326,6 +338,8 @@ def hit_from_row(row: dict[str, Any], *, target: Target, similarity: float, retr
         image_status=row.get("status") if image else None,
         surrogate_text=row.get("surrogate_text") if image else None,
         ocr_text=row.get("ocr_text") if image else None,
+        generated_caption=row.get("generated_caption") if image else None,
+        published=str(published) if (published := row.get("published")) is not None else None,  # date -> ISO
     )
 
 
@@ -430,6 +444,13 @@ def max_query_similarities(query: np.ndarray, multivectors: pa.ChunkedArray | pa
     if present.any():
         out[present] = np.maximum.reduceat(similarities, starts[present])
     return out
+
+
+def row_similarities(query: np.ndarray, rows: pa.Table, vector_column: str = "vector") -> np.ndarray:
+    """Cosine of ``query`` with each row's ``vector_column``: the best query embedding for ``vector_multi``."""
+    if vector_column == store_module.MULTIVECTOR:
+        return max_query_similarities(query, rows.column(vector_column))
+    return cosine_similarities(query, vectors_of(rows, vector_column))
 
 
 def vectors_of(rows: pa.Table, column: str = "vector") -> np.ndarray:
@@ -670,7 +691,7 @@ class Searcher:
                 context = RerankContext(
                     query=query_text, query_vector=vector, target=tgt, table=self.table(tgt), where=where,
                     embedder=self.embedder if rerank.uses_embedder else self._embedder, store=self.store,
-                    image_config=self.cfg.images,
+                    image_config=self.cfg.images, vector_column=self._vector_column(tgt, self.table(tgt)),
                 )
                 hits = rerank.rerank(hits, context, k=settings.k)
                 rerank_ms += (time.perf_counter() - t0) * 1000
@@ -723,7 +744,7 @@ class Searcher:
         if limit == 0:
             return [], 0, exact
         vector_column = self._vector_column(target, table)
-        columns = TEXT_COLUMNS if target == "text" else IMAGE_COLUMNS + [c for c in ("ocr_text",) if c in table.schema.names]
+        columns = hit_columns(target, table.schema.names)
         query = table.search(np.asarray(vector, dtype=np.float32), vector_column_name=vector_column).distance_type("cosine")
         if exact:
             query = query.bypass_vector_index()
@@ -742,10 +763,7 @@ class Searcher:
             raise SearchError(f"search on {self.table_name(target)} failed: {_first_line(exc)}") from None
         if rows.num_rows == 0:
             return [], 0, exact
-        if vector_column == store_module.MULTIVECTOR:
-            similarities = max_query_similarities(vector, rows.column(vector_column))
-        else:
-            similarities = cosine_similarities(vector, vectors_of(rows))
+        similarities = row_similarities(vector, rows, vector_column)
         if mode == "softmax":
             scores = softmax_scores(similarities, temperature=settings.temperature)
         else:

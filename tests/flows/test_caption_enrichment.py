@@ -18,7 +18,7 @@ from mmrag.cli import app
 from mmrag.config import ConfigError, load_config
 from mmrag.records import sha256_hex
 from pipelines import store
-from pipelines.generate import IMAGE_CAPTIONS
+from pipelines.generate import IMAGE_CAPTIONS, build_prompt, sources_of
 from pipelines.retrieve import Searcher
 from tests.fake_llm_server import FakeModel, decoded_images, serve_fake_llm, unused_port
 
@@ -94,6 +94,15 @@ def test_uncaptioned_image_gets_a_generated_caption_once(tmp_path, minilm):
         assert "Generated caption" not in rows["authored.png"]["surrogate_text"]
         hits = Searcher(cfg, embedder=minilm).search("rainfall bar chart", target="images", mode="cosine", k=2).hits
         assert hits[0].src_url.endswith("plain.png")
+        assert (hits[0].text, hits[0].generated_caption) == ("", CAPTION)
+        assert (hits[1].text, hits[1].generated_caption) == ("Station map of the valley", None)
+        assert hits[0].to_dict()["generated_caption"] == CAPTION
+
+        # The answer prompt and the sources show the generated caption, marked, where no authored one exists.
+        prompt = build_prompt("What does the chart show?", hits)
+        assert f"**Image Caption (generated):** {CAPTION}\n" in prompt
+        assert "**Image Caption:** Station map of the valley\n" in prompt
+        assert [s.snippet for s in sources_of(hits)] == [f"(generated) {CAPTION}", "Station map of the valley"]
 
         # Derived caption→image labels see only the authored caption.
         from eval.derive import derive_caption_entries

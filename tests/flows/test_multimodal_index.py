@@ -171,6 +171,7 @@ def test_blip2_keeps_every_query_vector_and_max_query_search_is_blip2s_score(tmp
 
     query = "a diagram of a neural network"
     text_vector = blip2.embed_texts([query])[0]
+    by_id = {r["id"]: r for r in rows}
     itm = {r["id"]: float(blip2.itm_score(text_vector, np.asarray(r["vector_multi"], dtype=np.float32))[0, 0]) for r in rows}
     scoring = cfg.model_copy(update={"search": cfg.search.model_copy(update={"image_scoring": "max_query"})})
     hits = Searcher(scoring, embedder=blip2).search(query, target="images", mode="cosine", k=len(rows)).hits
@@ -180,6 +181,17 @@ def test_blip2_keeps_every_query_vector_and_max_query_search_is_blip2s_score(tmp
     mean_hits = Searcher(cfg, embedder=blip2).search(query, target="images", mode="cosine", k=len(rows)).hits
     mean = {r["id"]: float(np.dot(text_vector, r["vector"])) for r in rows}
     assert [h.similarity for h in mean_hits] == pytest.approx(sorted(mean.values(), reverse=True), abs=1e-5)
+
+    # Hybrid reranking over 2 vector candidates: rows only full-text search adds are scored by max_query too.
+    hybrid = scoring.model_copy(update={"search": scoring.search.model_copy(update={"rerank_candidates": 2})})
+    fused = Searcher(hybrid, embedder=blip2).search("recall and latency", target="images", mode="cosine", k=6,
+                                                     reranker="hybrid").hits
+    fused_vector = blip2.embed_texts(["recall and latency"])[0]
+    full_text_only = [h for h in fused if h.retrieval_score is None]
+    assert full_text_only, "the query words should find rows beyond the 2 vector candidates"
+    for hit in fused:
+        expected = float(blip2.itm_score(fused_vector, np.asarray(by_id[hit.id]["vector_multi"], dtype=np.float32))[0, 0])
+        assert hit.similarity == pytest.approx(expected, abs=1e-5)
 
     # Softmax over a pool smaller than the table: the pool is LanceDB's multivector top N, in BLIP-2's order.
     pooled = scoring.model_copy(update={"search": scoring.search.model_copy(update={"softmax_pool": 5})})

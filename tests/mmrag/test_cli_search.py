@@ -107,7 +107,10 @@ def test_search_filters_by_publication_date(minilm_db, loads):
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout)["hits"]
 
-    assert {h["article_title"] for h in hits()} == {a for a, _, _ in TEXTS}
+    everything = hits()
+    assert {h["article_title"] for h in everything} == {a for a, _, _ in TEXTS}
+    # every hit carries its article's date (ISO), or null when the article has none
+    assert {(h["article_title"], h["published"]) for h in everything} == {(a, PUBLISHED.get(a)) for a, _, _ in TEXTS}
     since = hits("--published-since", "2024-04-01")
     assert {(h["target"], h["section"]) for h in since} == {("text", "Fusion"), ("text", "Cross-encoders")}
     until = hits("--published-until", "2024-03-31", "--published-since", "2024-03-18")

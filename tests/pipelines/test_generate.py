@@ -73,6 +73,22 @@ def test_default_prompt_mirrors_the_original_design():
     assert prompt == expected
 
 
+def test_generated_captions_reach_the_prompt_marked_only_where_no_authored_caption_exists():
+    import dataclasses
+
+    authored = dataclasses.replace(HITS[2], generated_caption="ignored: the page's caption wins")
+    generated = dataclasses.replace(HITS[3], generated_caption="A diagram of a forget gate.", published="2015-08-27")
+    prompt = build_prompt("What is an LSTM?", [authored, generated])
+    assert "**Image Caption:** An LSTM cell with three gates\n" in prompt and "ignored" not in prompt
+    assert "**Image Path:**  https://blog.example/img/bbb.png\n**Image Caption (generated):** A diagram of a forget gate.\n" in prompt
+    # text-only models read the same caption, marked, through ImageInput.caption
+    (image,) = image_inputs([generated], {"bbb": (b"png", "image/png")}, None, limit=4)
+    assert image.caption == "(generated) A diagram of a forget gate."
+    (source,) = sources_of([generated])
+    assert (source.snippet, source.to_dict()["published"]) == ("(generated) A diagram of a forget gate.", "2015-08-27")
+    assert "2015-08-27" not in prompt  # the default template, like the design's, shows no dates
+
+
 def test_prompt_is_plain_text_not_html_escaped():
     prompt = build_prompt('Is a<b & "c"?', [text_hit(1, "x < y && y > z")])
     assert 'query "Is a<b & "c"?"' in prompt and "x < y && y > z" in prompt and "&lt;" not in prompt
