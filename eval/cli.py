@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from mmrag.cli import ConfigOption, DbOption, JsonOption, build_config, emit_json, fail, prepare_prefect_environment
+from mmrag.cli_common import ConfigOption, DbOption, JsonOption, build_config, emit_json, fail, prepare_prefect_environment
 from mmrag.cli_search import ImageScoringOption
 
 eval_app = typer.Typer(

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mmrag.cli_common import (  # noqa: F401 - re-exported: subcommand modules import them from here too
+from mmrag.cli_common import (
     ConfigOption,
     DbOption,
     JsonOption,
@@ -21,7 +21,6 @@ from mmrag.cli_common import (  # noqa: F401 - re-exported: subcommand modules i
     open_existing_store,
     prepare_prefect_environment,
 )
-from mmrag.config import MmragConfig
 
 app = typer.Typer(
     name="mmrag",
@@ -118,8 +117,6 @@ def export(
     if fmt != "parquet":
         fail(f"--format: unsupported export format {fmt!r} (supported: parquet)")
     cfg = build_config(config, {"store.db_uri": db})
-    from pipelines.store import IndexStore
-
     index_store = open_existing_store(cfg)
     try:
         written = index_store.export_parquet(out, table, version)

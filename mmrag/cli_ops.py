@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mmrag.cli import ConfigOption, DbOption, JsonOption, build_config, emit_json, fail, prepare_prefect_environment
+from mmrag.cli_common import ConfigOption, DbOption, JsonOption, build_config, emit_json, fail, prepare_prefect_environment
 
 
 def maintain(
