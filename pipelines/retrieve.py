@@ -62,7 +62,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
 import numpy as np
 import pyarrow as pa
@@ -316,6 +316,19 @@ class Hit:
             for key in ("src_url", "image_sha256", "image_status", "ocr_text", "generated_caption"):
                 data.pop(key)
         return data
+
+
+class SearchOverrides(TypedDict, total=False):
+    """Per-call overrides of the ``search`` config that :meth:`Searcher.search` passes on to :meth:`Searcher.search_vector`."""
+
+    target: str | None
+    mode: str | None
+    k: int | None
+    threshold: float | None
+    temperature: float | None
+    reranker: str | None
+    rerank_candidates: int | None
+    filters: Filters | None
 
 
 def hit_from_row(row: dict[str, Any], *, target: Target, similarity: float, retrieval_score: float | None,
@@ -608,16 +621,9 @@ class Searcher:
         query: str | None = None,
         *,
         image: Image.Image | str | Path | bytes | None = None,
-        target: str | None = None,
-        mode: str | None = None,
-        k: int | None = None,
-        threshold: float | None = None,
-        temperature: float | None = None,
-        reranker: str | None = None,
-        rerank_candidates: int | None = None,
-        filters: Filters | None = None,
+        **overrides: Unpack[SearchOverrides],
     ) -> SearchResult:
-        """Embed the query (text or image) and search; see :meth:`search_vector` for the rest."""
+        """Embed the query (text or image) and search; ``overrides`` and the rest as :meth:`search_vector`."""
         started = time.perf_counter()
         timings: dict[str, float] = {}
         if self._embedder is None:
@@ -628,11 +634,7 @@ class Searcher:
         vector = self.embed_query(query, image)
         timings["embed"] = (time.perf_counter() - embed_started) * 1000
         image_label = None if image is None else (str(image) if isinstance(image, (str, Path)) else "<image>")
-        result = self.search_vector(
-            vector, query_text=query, image_query=image is not None, target=target, mode=mode, k=k,
-            threshold=threshold, temperature=temperature, reranker=reranker, rerank_candidates=rerank_candidates,
-            filters=filters,
-        )
+        result = self.search_vector(vector, query_text=query, image_query=image is not None, **overrides)
         result.image = image_label
         result.timings_ms = {**timings, **result.timings_ms}
         result.timings_ms["total"] = (time.perf_counter() - started) * 1000
