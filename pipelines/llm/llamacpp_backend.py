@@ -3,25 +3,14 @@
 The default model is Qwen2.5-Coder-0.5B-Instruct Q4_K_M, assembled from its PyPI part packages by
 :mod:`pipelines.llm.gguf` into ``llm.cache_dir``.
 
-Runtime: ``xllamacpp`` (prebuilt CPU wheel, 33 MB, installs in ~1 s) rather than
-``llama-cpp-python`` (compiles llama.cpp from source: ~7 min on 2 idle cores, 36 min on the loaded
-project machine, and needs cmake and a C++ compiler on every fresh machine and CI run). Measured
-with the same GGUF, n_ctx 4096, greedy, median of 3, on the 2-core machine while other jobs kept
-the load average at 6-11 (so absolute figures are pessimistic; the comparison is interleaved):
-
-=====================  ======================  ======================
-1 thread               xllamacpp 2026.10       llama-cpp-python 0.3.36
-=====================  ======================  ======================
-model load             3.3 / 6.1 s             2.8 / 2.1 s
-short answer (41 tok   1.3 / 2.0 s             2.0 / 1.3 s
-prompt, "Paris")
-prompt eval (698 tok)  26 / 24 tok/s           30 / 34 tok/s
-decode (64 tok)        4.7 / 6.0 tok/s         6.3 / 6.1 tok/s
-=====================  ======================  ======================
-
-Run time is within noise of each other (llama-cpp-python's native build ~10-25 % faster on prompt
-eval); install cost is not. With 2 threads on the busy machine both collapsed (decode 0.6 vs
-2.1 tok/s): llama.cpp's threads spin at barriers, so on a shared 2-core box set ``llm.n_threads=1``.
+Runtime: ``xllamacpp`` (prebuilt CPU wheel, 32 MB, installs in ~2 s) rather than
+``llama-cpp-python`` (compiles llama.cpp from its sdist: ~5-6 min of both cores here, and needs cmake
+and a C++ compiler on every fresh machine and CI run). ``bench/llm_runtime.py`` compares them on the
+same GGUF, n_ctx 4096, 2 threads, greedy, 7 RAG prompts of ~560 tokens (figures in bench/RESULTS.md):
+llama-cpp-python's native build (AVX-512; xllamacpp's wheel targets AVX2) answers ~20-25 % faster
+(p50 3.7 vs 4.9 s; prompt eval 188 vs 148 tok/s, generation 43 vs 38 tok/s) and loads in 0.4 vs
+1.2 s, with the same greedy answer on 6 of 7 prompts. The install cost decides; on a busy shared
+2-core box llama.cpp's threads spin at barriers, so ``llm.n_threads=1`` can be faster there.
 
 The model is text only: images reach it as words (caption, OCR text) rendered into the prompt by
 :func:`pipelines.llm.base.images_as_text`. A loaded model is kept per process (keyed by file,
