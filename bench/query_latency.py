@@ -42,13 +42,14 @@ import pyarrow as pa
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from mmrag.config import ChunkingConfig, EmbedConfig, MmragConfig  # noqa: E402
+from bench.results import RESULTS, replace_section  # noqa: E402
+from mmrag.config import ChunkingConfig, EmbedConfig, MmragConfig, SearchConfig  # noqa: E402
+from pipelines.maintenance import index_config  # noqa: E402
 from pipelines.retrieve import Searcher  # noqa: E402
 from pipelines.store import IndexStore, chunks_table_name  # noqa: E402
 
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 COLAH_DIR = REPO_ROOT.parent / "shared" / "corpora" / "colah"
-RESULTS = REPO_ROOT / "bench" / "RESULTS.md"
 SECTION = "## query_latency"
 TABLE = chunks_table_name("minilm", "paragraph")
 
@@ -331,8 +332,6 @@ def cold_process_ms(db: Path, queries: list[str], runs: int) -> tuple[float, flo
 def scale_run(workdir: Path, records: list[dict], base: np.ndarray, queries: np.ndarray, rows: int, *,
               noise: float, indexes: list[str], quick: bool, k: int = 10) -> dict:
     """Flat and indexed latency/recall at ``rows`` rows."""
-    from lancedb.index import HnswSq, IvfPq
-
     db = workdir / f"scale-{rows}"
     shutil.rmtree(db, ignore_errors=True)
     report: dict = {"rows": rows, "indexes": {}}
@@ -346,26 +345,31 @@ def scale_run(workdir: Path, records: list[dict], base: np.ndarray, queries: np.
     report["flat"] = measure_setting(db, table, queries[:flat_n], truth[:flat_n], Setting("flat"), k,
                                      1 if large else repeats)
     print(f"  {rows} rows written in {report['write_s']:.0f} s; flat p50 {report['flat']['searcher'][0]:.1f} ms", flush=True)
-    partitions = max(16, int(round(np.sqrt(rows))))
     for kind in indexes:
+        # the configs `mmrag maintain` builds, so that what is measured is what users get
+        config = index_config(rows, base.shape[1], "IVF_PQ" if kind == "ivf_pq" else "IVF_HNSW_SQ")
         if kind == "ivf_pq":
-            # 48 sub-vectors of 8 dims; 20 k-means iterations (50 doubles the build time for no recall we measured)
-            config = IvfPq(distance_type="cosine", num_partitions=partitions, num_sub_vectors=base.shape[1] // 8,
-                           max_iterations=20)
             if quick:
                 nprobes, refines = (16, 32), (None, 20)
             elif large:
-                nprobes, refines = (16, 32), (20, 40, 60, 80)
+                nprobes, refines = (8, 16, 32), (40, 50, 60, 80)
             else:
                 nprobes, refines = (8, 16, 32), (None, 5, 10, 20)
             grid = [Setting(f"nprobes={n} refine={r}", nprobes=n, refine_factor=r) for n in nprobes for r in refines]
         else:
-            config = HnswSq(distance_type="cosine", num_partitions=max(1, partitions // 8), m=16, ef_construction=150,
-                            max_iterations=20)
             # scalar quantisation limits recall on near-duplicate vectors: refine with exact vectors as for IVF_PQ
-            nprobes, efs, refines = ((8,), (100,), (None, 5)) if quick else ((4, 8, 16), (50, 100), (None, 5, 10))
+            if quick:
+                nprobes, efs, refines = (2,), (100,), (None, 5)
+            elif large:  # graph search breadth is what buys recall at 1M (ef 100 plateaus at 0.93)
+                nprobes, efs, refines = (8, 16), (100, 200, 300, 400), (None, 5)
+            else:
+                nprobes, efs, refines = (4, 8, 16), (50, 100), (None, 5, 10)
             grid = [Setting(f"nprobes={n} ef={e} refine={r}", nprobes=n, ef=e, refine_factor=r)
                     for n in nprobes for e in efs for r in refines]
+        # what `mmrag search` does out of the box on this index
+        defaults = SearchConfig()
+        grid.append(Setting(f"search defaults (nprobes={defaults.nprobes} refine={defaults.refine_factor} ef={defaults.ef})",
+                            nprobes=defaults.nprobes, refine_factor=defaults.refine_factor, ef=defaults.ef))
         index_ms, _ = timed(table.create_index, "vector", config=config, replace=True)
         table.wait_for_index([i.name for i in table.list_indices() if i.columns == ["vector"]])
         entry = {"build_s": index_ms / 1000, "config": repr(config).split("(")[0] + f"(partitions={config.num_partitions})",
@@ -461,19 +465,6 @@ def markdown(info: dict, load_before: str, load_after: str, corpus: dict, part1:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace (or append) the ``## query_latency`` section of ``path``, leaving other sections alone."""
-    existing = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    lines = existing.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        path.write_text(existing.rstrip("\n") + "\n\n" + text, encoding="utf-8")
-        return
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    following = "".join(lines[end:])
-    path.write_text("".join(lines[:start]) + text + ("\n" + following if following else ""), encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the markdown section (and write it with ``--write-results``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -526,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     section = markdown(info, load_before, load_average(), corpus, part1, scale, args)
     print("\n" + section)
     if args.write_results:
-        write_section(section)
+        replace_section(section, SECTION)  # re-reads RESULTS.md just before writing
         print(f"wrote {SECTION} in {RESULTS}")
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
