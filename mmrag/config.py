@@ -179,9 +179,9 @@ class SearchConfig(_Section):
         16, ge=1, description="IVF partitions probed per query on tables with a vector index (bench/RESULTS.md: query_latency)"
     )
     refine_factor: int | None = Field(
-        50, ge=1, description="indexed tables: re-rank refine_factor × limit index candidates with exact vectors "
+        80, ge=1, description="indexed tables: re-rank refine_factor × limit index candidates with exact vectors "
         "(at most 100k per query); IVF_PQ recall@10 needs it (measured: 0.32 without; 0.99 with 20 at 100k rows; "
-        "at 1M with nprobes 16: 0.98 at p50 18 ms with 50, 0.94-0.98 with 40, 1.0 at 21-25 ms with 80)",
+        "at 1M rows, nprobes 16, three k-means draws: 0.90-0.98 with 50, 0.96-1.0 at p50 19-25 ms with 80)",
     )
     ef: int | None = Field(None, ge=1, description="HNSW search breadth (IVF_HNSW_* indexes); default: LanceDB's")
     reranker: Literal["none", "hybrid", "llm", "cross-encoder", "model-score"] = Field(
@@ -277,7 +277,7 @@ class OpsConfig(_Section):
         50_000, ge=256, description="a vector index is built once a table holds this many rows (flat search below)"
     )
     vector_index_type: Literal["IVF_PQ", "IVF_HNSW_SQ"] = Field(
-        "IVF_PQ", description="IVF_PQ + refine reaches recall@10 0.98 at 1M rows (p50 ~18 ms); IVF_HNSW_SQ plateaus at "
+        "IVF_PQ", description="IVF_PQ + refine 80 reaches recall@10 0.96-1.0 at 1M rows (p50 19-25 ms); IVF_HNSW_SQ plateaus at "
         "0.92-0.93 there whatever ef/refine (0.96-1.0 at 100k) and builds 3x slower; see bench/RESULTS.md query_latency"
     )
     gc_image_blobs: bool = Field(True, description="maintenance deletes image bytes no image row references")
