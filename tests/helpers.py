@@ -104,3 +104,11 @@ def embedded_llm_cache() -> str:
     except LlmError as exc:
         pytest.skip(str(exc))
     return os.environ.get("MMRAG_TEST_MODEL_CACHE") or str(REPO_ROOT / ".mmrag" / "models")
+
+
+def image_rows_by_file_name(cfg, embedder: str = "minilm") -> dict[str, dict]:
+    """The rows of ``cfg``'s images table for ``embedder``, keyed by the last path part of ``src_url``."""
+    from pipelines import store
+
+    rows = store.IndexStore(cfg.store.db_uri).open_table(store.images_table_name(embedder)).to_arrow().to_pylist()
+    return {r["src_url"].rsplit("/", 1)[-1]: r for r in rows}

@@ -21,10 +21,10 @@ from pipelines import store
 from pipelines.generate import IMAGE_CAPTIONS, build_prompt, sources_of
 from pipelines.retrieve import Searcher
 from tests.fake_llm_server import FakeModel, decoded_images, serve_fake_llm, unused_port
+from tests.helpers import image_rows_by_file_name
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
-IMAGES = store.images_table_name("minilm")
 REPLY = "A bar chart of monthly rainfall totals."
 CAPTION = REPLY + " I saw 1 image(s)."  # the fake server names the images it was sent
 
@@ -57,11 +57,6 @@ def make_config(tmp_path: Path, host: str, **overrides):
     return load_config(None, values)
 
 
-def rows_by_name(cfg) -> dict[str, dict]:
-    rows = store.IndexStore(cfg.store.db_uri).open_table(IMAGES).to_arrow().to_pylist()
-    return {r["src_url"].rsplit("/", 1)[-1]: r for r in rows}
-
-
 def test_uncaptioned_image_gets_a_generated_caption_once(tmp_path, minilm):
     site = write_site(tmp_path / "site")
     plain = (site / "plain.png").read_bytes()
@@ -86,7 +81,7 @@ def test_uncaptioned_image_gets_a_generated_caption_once(tmp_path, minilm):
         assert caption_row["created_at"] is not None
 
         # The row keeps the page's (empty) caption; the generated one is apart, and marked in the surrogate.
-        rows = rows_by_name(cfg)
+        rows = image_rows_by_file_name(cfg)
         assert rows["plain.png"]["caption"] == "" and rows["plain.png"]["caption_missing"]
         assert rows["plain.png"]["generated_caption"] == CAPTION
         assert f"Generated caption: {CAPTION}" in rows["plain.png"]["surrogate_text"]
@@ -117,7 +112,7 @@ def test_uncaptioned_image_gets_a_generated_caption_once(tmp_path, minilm):
     assert again.images_embedded == 0 and again.captions_generated == 0
     assert reparsed.images_ok == 2 and reparsed.images_embedded == 0
     assert (reparsed.captions_generated, reparsed.captions_reused) == (0, 1)
-    assert rows_by_name(cfg)["plain.png"]["generated_caption"] == CAPTION
+    assert image_rows_by_file_name(cfg)["plain.png"]["generated_caption"] == CAPTION
 
     # Another prompt is another caption (reuse is by image, model and prompt).
     with serve_fake_llm({"llava": FakeModel(reply="Red rectangle.", vision=True)}) as server:
@@ -125,7 +120,7 @@ def test_uncaptioned_image_gets_a_generated_caption_once(tmp_path, minilm):
                                                                            "images.caption_prompt": "Caption it."}))
         assert len(server.chat_requests("/api/chat")) == 1
     assert other.captions_generated == 1 and other.images_embedded == 1
-    assert rows_by_name(cfg)["plain.png"]["generated_caption"] == "Red rectangle. I saw 1 image(s)."
+    assert image_rows_by_file_name(cfg)["plain.png"]["generated_caption"] == "Red rectangle. I saw 1 image(s)."
 
 
 def test_backend_that_cannot_caption_leaves_the_run_going(tmp_path):
@@ -137,7 +132,7 @@ def test_backend_that_cannot_caption_leaves_the_run_going(tmp_path):
     assert down.pages_ok == 1 and down.images_ok == 2 and down.exit_code(strict=False) == 0
     assert down.captions_generated == 0 and down.captions_failed == 1
     assert "cannot reach Ollama" in down.caption_note and "cannot reach Ollama" in down.to_text()
-    rows = rows_by_name(down_cfg)
+    rows = image_rows_by_file_name(down_cfg)
     assert rows["plain.png"]["generated_caption"] is None and "Generated caption" not in rows["plain.png"]["surrogate_text"]
     assert not store.IndexStore(down_cfg.store.db_uri).has_table(IMAGE_CAPTIONS)
 

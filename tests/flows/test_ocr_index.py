@@ -12,14 +12,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 from flows.index import run_index
 from mmrag.config import load_config
-from pipelines import store
 from pipelines.ocr import ocr_available
 from pipelines.retrieve import Searcher
+from tests.helpers import image_rows_by_file_name
 from tests.tiny_checkpoints import textured_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
-IMAGES = store.images_table_name("minilm")
 
 
 def words_png(text: str) -> bytes:
@@ -55,11 +54,6 @@ def make_config(tmp_path: Path, **overrides):
     return load_config(None, values)
 
 
-def rows_by_name(cfg) -> dict[str, dict]:
-    rows = store.IndexStore(cfg.store.db_uri).open_table(IMAGES).to_arrow().to_pylist()
-    return {r["src_url"].rsplit("/", 1)[-1]: r for r in rows}
-
-
 def squashed(text: str | None) -> str:
     return (text or "").upper().replace(" ", "")  # PP-OCR sometimes drops the space between words
 
@@ -70,7 +64,7 @@ def test_ocr_text_is_stored_searchable_and_reused(tmp_path, minilm):
     site = write_site(tmp_path / "site", "A scanned document")
     cfg = make_config(tmp_path)
     first = run_index([str(site)], cfg)
-    rows = rows_by_name(cfg)
+    rows = image_rows_by_file_name(cfg)
     assert "PAYMENTOVERDUE" in squashed(rows["notice.png"]["ocr_text"])
     assert "PAYMENTOVERDUE" in squashed(rows["notice.png"]["surrogate_text"])
     assert rows["notice.png"]["surrogate_text"].startswith("A scanned document")
@@ -88,7 +82,7 @@ def test_ocr_text_is_stored_searchable_and_reused(tmp_path, minilm):
     second = run_index([str(site)], cfg)
     assert second.documents_updated == 1 and second.images_embedded == 2
     assert second.ocr_images == 0 and second.ocr_reused == 2
-    again = rows_by_name(cfg)
+    again = image_rows_by_file_name(cfg)
     assert again["notice.png"]["ocr_text"] == rows["notice.png"]["ocr_text"]
     assert again["notice.png"]["surrogate_text"].startswith("An archived document")
     assert "PAYMENTOVERDUE" in squashed(again["notice.png"]["surrogate_text"])
@@ -98,7 +92,7 @@ def test_ocr_opt_out_and_missing_engine(tmp_path, monkeypatch):
     site = write_site(tmp_path / "site", "A scanned document")
     off = make_config(tmp_path / "off", **{"images.ocr": False})
     summary = run_index([str(site)], off)
-    rows = rows_by_name(off)
+    rows = image_rows_by_file_name(off)
     assert all(r["ocr_text"] is None and "PAYMENT" not in squashed(r["surrogate_text"]) for r in rows.values())
     assert summary.ocr_images == 0 and "off" in summary.ocr_note and "off" in summary.to_text()
 
