@@ -17,7 +17,7 @@ def maintain(
     json_output: JsonOption = False,
     older_than_days: Annotated[Optional[float], typer.Option(help="remove untagged versions older than this")] = None,
     index_min_rows: Annotated[Optional[int], typer.Option(help="build a vector index from this many rows")] = None,
-    index_type: Annotated[Optional[str], typer.Option(help="IVF_PQ | IVF_HNSW_SQ")] = None,
+    index_type: Annotated[Optional[str], typer.Option(help="IVF_SQ | IVF_PQ | IVF_HNSW_SQ")] = None,
     gc: Annotated[Optional[bool], typer.Option("--gc/--no-gc", help="delete image bytes no image row references")] = None,
 ) -> None:
     """Compact tables, drop old untagged versions, build/refresh vector indexes, GC unreferenced image bytes."""

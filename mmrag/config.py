@@ -179,9 +179,10 @@ class SearchConfig(_Section):
         16, ge=1, description="IVF partitions probed per query on tables with a vector index (bench/RESULTS.md: query_latency)"
     )
     refine_factor: int | None = Field(
-        80, ge=1, description="indexed tables: re-rank refine_factor × limit index candidates with exact vectors "
-        "(at most 100k per query); IVF_PQ recall@10 needs it (measured: 0.32 without; 0.99 with 20 at 100k rows; "
-        "at 1M rows, nprobes 16, three k-means draws: 0.90-0.98 with 50, 0.96-1.0 at p50 19-25 ms with 80)",
+        5, ge=1, description="indexed tables: re-rank refine_factor × limit index candidates with exact vectors "
+        "(at most 100k per query); quantised distances alone miss near-duplicates (1M rows, three k-means draws: "
+        "IVF_SQ recall@10 0.92 without, 1.0 with 2 or more; IVF_PQ 0.57-0.68 with 5, 0.97-1.0 with 80: "
+        "set about 80 for IVF_PQ; bench/RESULTS.md query_latency)",
     )
     ef: int | None = Field(None, ge=1, description="HNSW search breadth (IVF_HNSW_* indexes); default: LanceDB's")
     reranker: Literal["none", "hybrid", "llm", "cross-encoder", "model-score"] = Field(
@@ -276,9 +277,11 @@ class OpsConfig(_Section):
     vector_index_min_rows: int = Field(
         50_000, ge=256, description="a vector index is built once a table holds this many rows (flat search below)"
     )
-    vector_index_type: Literal["IVF_PQ", "IVF_HNSW_SQ"] = Field(
-        "IVF_PQ", description="IVF_PQ + refine 80 reaches recall@10 0.96-1.0 at 1M rows (p50 19-25 ms); IVF_HNSW_SQ plateaus at "
-        "0.92-0.93 there whatever ef/refine (0.96-1.0 at 100k) and builds 3x slower; see bench/RESULTS.md query_latency"
+    vector_index_type: Literal["IVF_SQ", "IVF_PQ", "IVF_HNSW_SQ"] = Field(
+        "IVF_SQ", description="at 1M rows, three k-means draws: IVF_SQ (8 bits a dimension) with the search defaults "
+        "(nprobes 16, refine 5) gave recall@10 1.0 at p50 16-18 ms, build 72-82 s; IVF_PQ needs refine 80 for "
+        "0.97-1.0 at 24-32 ms, build 122-138 s; IVF_HNSW_SQ needs ef 300 + refine 5 for 1.0 at 20-23 ms, build "
+        "338 s; see bench/RESULTS.md query_latency"
     )
     gc_image_blobs: bool = Field(True, description="maintenance deletes image bytes no image row references")
     # task runners and scale-out

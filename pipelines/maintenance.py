@@ -52,21 +52,26 @@ def compact(index_store: store.IndexStore, name: str) -> dict[str, int]:
 def index_config(rows: int, dimension: int, index_type: str):
     """The LanceDB index config for a table of ``rows`` vectors of ``dimension`` (cosine distance).
 
-    ``IVF_PQ``: about ``sqrt(rows)`` partitions, PQ sub-vectors of 8 dimensions (``dimension / 8``,
-    or the nearest divisor of ``dimension`` below it), 20 k-means iterations. ``IVF_HNSW_SQ``: HNSW
-    graphs (m=20, ef_construction=300) inside one partition per 100k rows. bench/query_latency.py
-    measures exactly these configs.
+    ``IVF_SQ`` (the default): about ``sqrt(rows)`` partitions, each vector scalar-quantised to 8 bits
+    per dimension, 20 k-means iterations. ``IVF_PQ``: the same partitions, PQ sub-vectors of 8
+    dimensions (``dimension / 8``, or the nearest divisor of ``dimension`` below it). ``IVF_HNSW_SQ``:
+    HNSW graphs (m=20, ef_construction=300) inside one partition per 100k rows.
+    bench/query_latency.py measures exactly these configs.
     """
-    from lancedb.index import IvfHnswSq, IvfPq
+    from lancedb.index import IvfHnswSq, IvfPq, IvfSq
 
+    partitions = max(1, int(math.sqrt(rows)))
+    # 20 k-means iterations: LanceDB's 50 doubled the 1M-row build for no recall measured (bench/RESULTS.md)
+    if index_type == "IVF_SQ":
+        return IvfSq(distance_type="cosine", num_partitions=partitions, max_iterations=20)
     if index_type == "IVF_PQ":
         sub = max(1, dimension // 8)
         while dimension % sub:
             sub -= 1
-        # 20 k-means iterations: LanceDB's 50 doubled the 1M-row build for no recall measured (bench/RESULTS.md)
-        return IvfPq(distance_type="cosine", num_partitions=max(1, int(math.sqrt(rows))), num_sub_vectors=sub,
-                     max_iterations=20)
-    return IvfHnswSq(distance_type="cosine", num_partitions=max(1, rows // 100_000 + 1), m=20, ef_construction=300)
+        return IvfPq(distance_type="cosine", num_partitions=partitions, num_sub_vectors=sub, max_iterations=20)
+    if index_type == "IVF_HNSW_SQ":
+        return IvfHnswSq(distance_type="cosine", num_partitions=max(1, rows // 100_000 + 1), m=20, ef_construction=300)
+    raise ValueError(f"unknown vector index type {index_type!r}: use IVF_SQ, IVF_PQ or IVF_HNSW_SQ")
 
 
 def vector_index_name(table) -> str | None:

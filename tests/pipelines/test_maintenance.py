@@ -73,14 +73,16 @@ def test_retention_keeps_recent_versions(db):
     assert len(db.open_table(name).list_versions()) > before  # nothing removed, compaction commits added
 
 
-def test_vector_index_past_threshold_and_rows_written_after_it_are_found(tmp_path):
+@pytest.mark.parametrize("index_type", ["IVF_SQ", "IVF_PQ"])
+def test_vector_index_past_threshold_and_rows_written_after_it_are_found(tmp_path, index_type):
     s = store.IndexStore(str(tmp_path / "db"))
     name = "chunks__t__paragraph"
     s.upsert(name, chunk_rows([f"a{i}" for i in range(2000)], unit_vectors(2000, 1)))
-    ops = OpsConfig(vector_index_min_rows=1000, vector_index_type="IVF_PQ")
+    ops = OpsConfig(vector_index_min_rows=1000, vector_index_type=index_type)
     built = maintenance.run_maintenance(s, ops)["tables"][name]["index"]
-    assert built["action"] == "built" and built["unindexed_rows"] == 0
-    assert maintenance.vector_index_name(s.open_table(name)) is not None
+    assert built["action"] == "built" and built["unindexed_rows"] == 0 and built["type"] == index_type
+    indices = s.open_table(name).list_indices()
+    assert [i.index_type for i in indices] == [{"IVF_SQ": "IvfSq", "IVF_PQ": "IvfPq"}[index_type]]
 
     late = unit_vectors(20, 99)
     s.upsert(name, chunk_rows([f"late{i}" for i in range(20)], late))
@@ -97,11 +99,16 @@ def test_vector_index_past_threshold_and_rows_written_after_it_are_found(tmp_pat
 
 
 def test_index_config():
+    assert OpsConfig().vector_index_type == "IVF_SQ"
+    sq = maintenance.index_config(1_000_000, 384, "IVF_SQ")
+    assert (type(sq).__name__, sq.distance_type, sq.num_partitions, sq.max_iterations) == ("IvfSq", "cosine", 1000, 20)
     pq = maintenance.index_config(100_000, 384, "IVF_PQ")
     assert (pq.distance_type, pq.num_partitions, pq.num_sub_vectors) == ("cosine", 316, 48)
     assert maintenance.index_config(10, 36, "IVF_PQ").num_sub_vectors == 4
     hnsw = maintenance.index_config(250_000, 384, "IVF_HNSW_SQ")
     assert (hnsw.distance_type, hnsw.num_partitions) == ("cosine", 3)
+    with pytest.raises(ValueError, match="unknown vector index type 'IVF_FLAT'"):
+        maintenance.index_config(1000, 384, "IVF_FLAT")
 
 
 def test_maintain_command_json_and_lock(tmp_path, db):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmrag.config import MmragConfig
+from mmrag.config import MmragConfig, SearchConfig
 from pipelines.import_vectors import import_vectors
 from pipelines.retrieve import (
     Filters,
@@ -360,8 +360,8 @@ def test_an_undated_page_is_excluded_and_an_old_database_gets_dates_on_reparse(p
     cfg = MmragConfig(store={"db_uri": str(db), "raw_dir": str(tmp_path / "raw")}, progress=False)
     assert run_index([str(pages)], cfg).exit_code(strict=False) == 0
 
-    def search(since: str | None, target: str = "text"):
-        searcher = Searcher(MmragConfig(store={"db_uri": str(db)}), embedder=minilm)
+    def search(since: str | None, target: str = "text", searcher: Searcher | None = None):
+        searcher = searcher or Searcher(MmragConfig(store={"db_uri": str(db)}), embedder=minilm)
         return searcher.search("lighthouse", target=target, mode="cosine", k=20,
                                filters=Filters(published_since=since))
 
@@ -375,12 +375,16 @@ def test_an_undated_page_is_excluded_and_an_old_database_gets_dates_on_reparse(p
     before = {name: store.open_table(name).to_arrow().drop_columns(["published"]) for name in content}
     for name in [*content, "documents"]:
         store.open_table(name).drop_columns(["published"])
-    with pytest.raises(SearchError, match="no publication dates.*--reparse"):
-        search("2023-01-01")
+    long_lived = Searcher(MmragConfig(store={"db_uri": str(db)}), embedder=minilm)
+    for searcher in (None, long_lived):
+        with pytest.raises(SearchError, match="no publication dates.*--reparse"):
+            search("2023-01-01", searcher=searcher)
 
     # An incremental run skips the unchanged pages but adds the column (null: dates unknown) ...
     assert run_index([str(pages)], cfg).to_dict()["documents_unchanged"] == 2
     assert search("2023-01-01").hits == []
+    long_lived.refresh()  # forgets the tables and the schemas it cached
+    assert search("2023-01-01", searcher=long_lived).hits == []
     # ... and a re-parse fills the dates of rows it keeps, without rewriting them.
     reparse = cfg.model_copy(update={"fetch": cfg.fetch.model_copy(update={"reparse_from_raw": True})})
     summary = run_index([str(pages)], reparse).to_dict()
@@ -449,9 +453,11 @@ def test_image_queries_search_images_and_text_with_a_cross_modal_embedder(tmp_pa
         searcher.search(image=broken, target="images")
 
 
-def test_indexed_tables_use_nprobes_and_refine_and_match_exact_search(tmp_path):
+@pytest.mark.parametrize("index_type", ["IVF_SQ", "IVF_PQ"])
+def test_indexed_tables_use_nprobes_and_refine_and_match_exact_search(tmp_path, index_type):
     from lancedb.index import IvfPq
 
+    from pipelines.maintenance import index_config
     from pipelines.retrieve import REFINE_BUDGET, refine_factor_for
 
     assert refine_factor_for(10, 60) == 60 and refine_factor_for(10_000, 60) == REFINE_BUDGET // 10_000
@@ -460,13 +466,20 @@ def test_indexed_tables_use_nprobes_and_refine_and_match_exact_search(tmp_path):
     vectors = unit_rows(3000, 16, seed=5)
     write_import(tmp_path, store, vectors, text_records(3000), target="text", label="synth")
     table = store.open_table("chunks__synth__paragraph")
-    table.create_index("vector", config=IvfPq(distance_type="cosine", num_partitions=8, num_sub_vectors=4, max_iterations=5))
-    searcher = searcher_for(store, mode="cosine", nprobes=8, refine_factor=20)
+    if index_type == "IVF_SQ":  # what `mmrag maintain` builds, searched with the default refine_factor
+        config, refine = index_config(3000, 16, "IVF_SQ"), SearchConfig().refine_factor
+    else:  # 2 PQ sub-vectors (the production 8 dimensions each) are too coarse for 16-d random vectors
+        config, refine = IvfPq(distance_type="cosine", num_partitions=8, num_sub_vectors=4, max_iterations=5), 20
+    table.create_index("vector", config=config)
+    assert table.list_indices()[0].index_type == {"IVF_SQ": "IvfSq", "IVF_PQ": "IvfPq"}[index_type]
+    # every partition probed: what is left to the test is the quantised scan and the exact refine step
+    searcher = searcher_for(store, mode="cosine", nprobes=config.num_partitions, refine_factor=refine)
     for q in vectors[:5]:
         expected = np.argsort(-(vectors @ q))[:10]
         hits = searcher.search_vector(q, target="text", k=10).hits
         assert [h.text for h in hits] == [f"passage {i} about topic {i % 7}" for i in expected]
-    pooled = searcher_for(store, softmax_pool=500).search_vector(vectors[0], target="text", threshold=0.0, k=5)
+    pooled = searcher_for(store, softmax_pool=500, nprobes=config.num_partitions).search_vector(
+        vectors[0], target="text", threshold=0.0, k=5)
     exact = searcher_for(store, softmax_pool=None).search_vector(vectors[0], target="text", threshold=0.0, k=5)
     assert pooled.softmax_exact == {"text": False} and exact.softmax_exact == {"text": True}
     assert [h.id for h in pooled.hits] == [h.id for h in exact.hits]
