@@ -27,8 +27,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+
+from bench.results import RESULTS, replace_section  # noqa: E402
 CORPUS = REPO_ROOT.parent / "shared" / "corpora" / "colah" / "posts"
-RESULTS = REPO_ROOT / "bench" / "RESULTS.md"
 SECTION = "embed_throughput"
 
 VIT_B16_TEXT = {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 8}
@@ -208,15 +209,6 @@ def load_average() -> str:
     return ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
-def write_results(text: str) -> None:
-    """Put ``text`` under the ``## embed_throughput`` heading of bench/RESULTS.md, keeping other sections."""
-    current = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    section = f"## {SECTION}\n\n{text.rstrip()}\n"
-    pattern = re.compile(rf"^## {SECTION}\n.*?(?=^## |\Z)", flags=re.S | re.M)
-    updated = pattern.sub(lambda _: section + "\n", current) if pattern.search(current) else current.rstrip() + "\n\n" + section
-    RESULTS.write_text(updated.rstrip() + "\n", encoding="utf-8")
-
-
 def main() -> None:
     """Run the measurements, print the table and write it to bench/RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -267,7 +259,7 @@ def main() -> None:
     report = "\n".join(lines)
     print(report)
     if not args.no_write:
-        write_results(report)
+        replace_section(f"## {SECTION}\n\n{report}\n", f"## {SECTION}")  # re-reads RESULTS.md just before writing
         print(f"written to {RESULTS}")
 
 

@@ -9,8 +9,9 @@ Prints p50/p95 of both and the ratio cold/warm.
 
 Part 2 (scale): the corpus vectors replicated to ``--rows`` rows with small Gaussian noise and
 renormalised; queries are MiniLM vectors of real question texts. For each size: flat search
-(exact, no index) p50/p95, then an IVF_PQ and/or IVF_HNSW_SQ index (cosine) and a grid of
-nprobes / refine_factor / ef, each with p50/p95 and recall@10 against exact search
+(exact, no index) p50/p95, then IVF_SQ, IVF_PQ and/or IVF_HNSW_SQ indexes (cosine; the configs
+``mmrag maintain`` builds, each IVF index built ``--draws`` times for that many k-means draws) and a
+grid of nprobes / refine_factor / ef, each with p50/p95 and recall@10 against exact search
 (``bypass_vector_index()``). Latencies are of ``Searcher.search_vector`` (what ``mmrag search``
 runs after embedding: the LanceDB query, exact cosine of the returned rows, hits) and of the bare
 LanceDB query.
@@ -329,8 +330,41 @@ def cold_process_ms(db: Path, queries: list[str], runs: int) -> tuple[float, flo
     return percentiles(samples)
 
 
+#: bench name of each index type ``mmrag maintain`` can build
+INDEX_TYPES = {"ivf_sq": "IVF_SQ", "ivf_pq": "IVF_PQ", "hnsw": "IVF_HNSW_SQ"}
+
+
+def index_grid(kind: str, *, quick: bool, large: bool) -> list[Setting]:
+    """The query-time settings measured on an index of ``kind``, plus what ``mmrag search`` uses by default."""
+    if kind == "ivf_sq":
+        nprobes, refines = ((16,), (None, 5)) if quick else ((8, 16, 32), (None, 2, 5, 10))
+        grid = [Setting(f"nprobes={n} refine={r}", nprobes=n, refine_factor=r) for n in nprobes for r in refines]
+    elif kind == "ivf_pq":
+        if quick:
+            nprobes, refines = (16, 32), (None, 20)
+        elif large:
+            nprobes, refines = (8, 16, 32), (40, 50, 60, 80)
+        else:
+            nprobes, refines = (8, 16, 32), (None, 5, 10, 20)
+        grid = [Setting(f"nprobes={n} refine={r}", nprobes=n, refine_factor=r) for n in nprobes for r in refines]
+    else:
+        # scalar quantisation limits recall on near-duplicate vectors: refine with exact vectors as for IVF_PQ
+        if quick:
+            nprobes, efs, refines = (2,), (100,), (None, 5)
+        elif large:  # graph search breadth is what buys recall at 1M (ef 100 plateaus at 0.93)
+            nprobes, efs, refines = (8, 16), (100, 200, 300, 400), (None, 5)
+        else:
+            nprobes, efs, refines = (4, 8, 16), (50, 100), (None, 5, 10)
+        grid = [Setting(f"nprobes={n} ef={e} refine={r}", nprobes=n, ef=e, refine_factor=r)
+                for n in nprobes for e in efs for r in refines]
+    defaults = SearchConfig()
+    grid.append(Setting(f"search defaults (nprobes={defaults.nprobes} refine={defaults.refine_factor} ef={defaults.ef})",
+                        nprobes=defaults.nprobes, refine_factor=defaults.refine_factor, ef=defaults.ef))
+    return grid
+
+
 def scale_run(workdir: Path, records: list[dict], base: np.ndarray, queries: np.ndarray, rows: int, *,
-              noise: float, indexes: list[str], quick: bool, k: int = 10) -> dict:
+              noise: float, indexes: list[str], quick: bool, draws: int = 1, k: int = 10) -> dict:
     """Flat and indexed latency/recall at ``rows`` rows."""
     db = workdir / f"scale-{rows}"
     shutil.rmtree(db, ignore_errors=True)
@@ -345,36 +379,16 @@ def scale_run(workdir: Path, records: list[dict], base: np.ndarray, queries: np.
     report["flat"] = measure_setting(db, table, queries[:flat_n], truth[:flat_n], Setting("flat"), k,
                                      1 if large else repeats)
     print(f"  {rows} rows written in {report['write_s']:.0f} s; flat p50 {report['flat']['searcher'][0]:.1f} ms", flush=True)
-    for kind in indexes:
+    for kind, draw in [(kind, d) for kind in indexes for d in range(1, (1 if kind == "hnsw" else draws) + 1)]:
         # the configs `mmrag maintain` builds, so that what is measured is what users get
-        config = index_config(rows, base.shape[1], "IVF_PQ" if kind == "ivf_pq" else "IVF_HNSW_SQ")
-        if kind == "ivf_pq":
-            if quick:
-                nprobes, refines = (16, 32), (None, 20)
-            elif large:
-                nprobes, refines = (8, 16, 32), (40, 50, 60, 80)
-            else:
-                nprobes, refines = (8, 16, 32), (None, 5, 10, 20)
-            grid = [Setting(f"nprobes={n} refine={r}", nprobes=n, refine_factor=r) for n in nprobes for r in refines]
-        else:
-            # scalar quantisation limits recall on near-duplicate vectors: refine with exact vectors as for IVF_PQ
-            if quick:
-                nprobes, efs, refines = (2,), (100,), (None, 5)
-            elif large:  # graph search breadth is what buys recall at 1M (ef 100 plateaus at 0.93)
-                nprobes, efs, refines = (8, 16), (100, 200, 300, 400), (None, 5)
-            else:
-                nprobes, efs, refines = (4, 8, 16), (50, 100), (None, 5, 10)
-            grid = [Setting(f"nprobes={n} ef={e} refine={r}", nprobes=n, ef=e, refine_factor=r)
-                    for n in nprobes for e in efs for r in refines]
-        # what `mmrag search` does out of the box on this index
-        defaults = SearchConfig()
-        grid.append(Setting(f"search defaults (nprobes={defaults.nprobes} refine={defaults.refine_factor} ef={defaults.ef})",
-                            nprobes=defaults.nprobes, refine_factor=defaults.refine_factor, ef=defaults.ef))
+        config = index_config(rows, base.shape[1], INDEX_TYPES[kind])
+        grid = index_grid(kind, quick=quick, large=large)
+        name = kind if draws == 1 or kind == "hnsw" else f"{kind} draw {draw}"
         index_ms, _ = timed(table.create_index, "vector", config=config, replace=True)
         table.wait_for_index([i.name for i in table.list_indices() if i.columns == ["vector"]])
         entry = {"build_s": index_ms / 1000, "config": repr(config).split("(")[0] + f"(partitions={config.num_partitions})",
                  "settings": {}}
-        print(f"  {kind}: built in {entry['build_s']:.0f} s", flush=True)
+        print(f"  {name}: built in {entry['build_s']:.0f} s", flush=True)
         for setting in grid:
             entry["settings"][setting.label] = measure_setting(db, table, queries, truth, setting, k, repeats)
             s = entry["settings"][setting.label]
@@ -385,7 +399,7 @@ def scale_run(workdir: Path, records: list[dict], base: np.ndarray, queries: np.
             setting = next(g for g in grid if g.label == best[0])
             entry["softmax_pool"] = measure_softmax_pool(db, queries, setting)
             print(f"    softmax pool=10000 at {best[0]}: p50 {entry['softmax_pool'][0]:.1f} ms", flush=True)
-        report["indexes"][kind] = entry
+        report["indexes"][name] = entry
         table.drop_index(next(i.name for i in table.list_indices() if i.columns == ["vector"]))
     if not quick:
         shutil.rmtree(db, ignore_errors=True)
@@ -401,6 +415,20 @@ def best_setting(entry: dict, target_recall: float = 0.95) -> tuple[str, dict] |
     return min(passing, key=lambda kv: kv[1]["searcher"][0]) if passing else None
 
 
+def defaults_summary(report: dict) -> list[str]:
+    """One line per index type: the search defaults' recall@10 and p50 range over its k-means draws."""
+    lines = []
+    for kind in INDEX_TYPES:
+        rows = [(label, s) for name, entry in report["indexes"].items() if name.split(" draw ")[0] == kind
+                for label, s in entry["settings"].items() if label.startswith("search defaults")]
+        if rows:
+            recalls = [s["recall"] for _, s in rows]
+            p50s = [s["searcher"][0] for _, s in rows]
+            lines.append(f"- {kind}, {rows[0][0]}, {len(rows)} build(s): recall@10 {min(recalls):.3f}-{max(recalls):.3f}, "
+                         f"p50 {min(p50s):.1f}-{max(p50s):.1f} ms.")
+    return lines
+
+
 def markdown(info: dict, load_before: str, load_after: str, corpus: dict, part1: dict, scale: list[dict],
              args: argparse.Namespace) -> str:
     """The ``## query_latency`` section."""
@@ -412,7 +440,8 @@ def markdown(info: dict, load_before: str, load_after: str, corpus: dict, part1:
                  f"lancedb {info['lancedb']}, pylance {info['pylance']}, numpy {info['numpy']}, torch {info['torch']}, "
                  f"sentence-transformers {info['sentence-transformers']}; torch threads {info['torch_threads']}. "
                  f"Load average at start {load_before}, "
-                 f"at end {load_after} (the machine was shared with other jobs: latencies are upper bounds).")
+                 f"at end {load_after} (LanceDB's own threads count in it; a higher load from other jobs "
+                 "would make these latencies upper bounds).")
     lines.append("")
     lines.append(f"Corpus: {corpus['chunks']} paragraph chunks of {corpus['files']} real articles (sample + colah), "
                  f"embedded with MiniLM (384-d); {len(QUESTIONS)} real question texts as queries.")
@@ -461,6 +490,7 @@ def markdown(info: dict, load_before: str, load_after: str, corpus: dict, part1:
                                 f"p95 {pool[1]:.0f} ms." if pool else "."))
             else:
                 lines.append(f"- {kind} ({entry['config']}): no setting reached recall@10 ≥ 0.95.")
+        lines.extend(defaults_summary(report))
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -470,9 +500,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, nargs="*", default=None, help="table sizes for part 2 (default 100000)")
     parser.add_argument("--quick", action="store_true", help="20k rows, a small grid, fewer queries")
-    parser.add_argument("--index", choices=["ivf_pq", "hnsw", "both"], default="both", help="indexes built per size")
-    parser.add_argument("--large-index", choices=["ivf_pq", "hnsw", "both"], default=None,
+    parser.add_argument("--index", nargs="+", choices=[*INDEX_TYPES, "all"], default=["all"],
+                        help="indexes built per size")
+    parser.add_argument("--large-index", nargs="+", choices=[*INDEX_TYPES, "all"], default=None,
                         help="indexes for sizes over 200k rows (default: as --index)")
+    parser.add_argument("--draws", type=int, default=1,
+                        help="build each IVF index this many times (k-means draws differ) and measure each")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch intra-op threads for query embedding (1 avoids spin-wait collapse on a busy machine)")
     parser.add_argument("--noise", type=float, default=0.015, help="Gaussian noise per component of replicas")
@@ -483,8 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = args.rows if args.rows is not None else ([20_000] if args.quick else [100_000])
     cold_queries = args.cold_queries or (3 if args.quick else 10)
-    def chosen(name: str) -> list[str]:
-        return ["ivf_pq", "hnsw"] if name == "both" else [name]
+    def chosen(names: list[str]) -> list[str]:
+        return list(INDEX_TYPES) if "all" in names else list(dict.fromkeys(names))
 
     if args.torch_threads:
         import torch
@@ -508,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"warm p50/p95 {part1['warm'][0]:.1f}/{part1['warm'][1]:.1f} ms; cold {part1['cold'][0]:.0f}/"
           f"{part1['cold'][1]:.0f} ms; ratio {part1['ratio']:.0f}x", flush=True)
     query_vectors = embedder.embed_texts(questions)
-    scale = [scale_run(workdir, records, base, query_vectors, n, noise=args.noise, quick=args.quick,
+    scale = [scale_run(workdir, records, base, query_vectors, n, noise=args.noise, quick=args.quick, draws=args.draws,
                        indexes=chosen(args.large_index or args.index) if n > 200_000 else chosen(args.index))
              for n in rows]
     import torch
