@@ -108,23 +108,23 @@ def test_serve_creates_scheduled_deployment_and_completes_a_triggered_run(prefec
         async def deployment(client):
             return await client.read_deployment_by_name("scheduled-index/nightly-incremental")
 
-        deadline = time.monotonic() + 120
-        found = None
-        while found is None and time.monotonic() < deadline:
-            assert serving.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                found = api_call(api, deployment)
-            except Exception:  # noqa: BLE001 - not registered yet
-                time.sleep(1)
-        assert found is not None, "deployment never appeared"
-        assert [s.schedule.cron for s in found.schedules] == [CRON] and found.schedules[0].active
-        assert found.parameters["sources"] == [str(SAMPLE_DIR)]
-        assert found.parameters["overrides"]["store.db_uri"] == str(db)
-
         async def sweep_gate(client):
             return await client.read_deployment_by_name("sweep-gate/weekly-sweep-gate")
 
-        weekly = api_call(api, sweep_gate)
+        # `serve` registers its deployments one after the other: wait for both
+        deadline = time.monotonic() + 120
+        found = weekly = None
+        while (found is None or weekly is None) and time.monotonic() < deadline:
+            assert serving.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                found = found or api_call(api, deployment)
+                weekly = api_call(api, sweep_gate)
+            except Exception:  # noqa: BLE001 - not registered yet
+                time.sleep(1)
+        assert found is not None and weekly is not None, "deployments never appeared"
+        assert [s.schedule.cron for s in found.schedules] == [CRON] and found.schedules[0].active
+        assert found.parameters["sources"] == [str(SAMPLE_DIR)]
+        assert found.parameters["overrides"]["store.db_uri"] == str(db)
         assert [s.schedule.cron for s in weekly.schedules] == [SWEEP_CRON] and weekly.schedules[0].active
         assert weekly.parameters["db"] == str(db) and weekly.parameters["sources"] == [str(SAMPLE_DIR)]
         assert weekly.parameters["baseline"] == "eval/baselines/sample.json" and weekly.parameters["metrics"]
