@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from bench.results import RESULTS, replace_section  # noqa: E402
 from mmrag.config import ChunkingConfig, EmbedConfig, MmragConfig, SearchConfig  # noqa: E402
 from pipelines.maintenance import index_config  # noqa: E402
-from pipelines.retrieve import Searcher  # noqa: E402
+from pipelines.retrieve import Searcher, auto_refine_factor  # noqa: E402
 from pipelines.store import IndexStore, chunks_table_name  # noqa: E402
 
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
@@ -271,7 +271,7 @@ class Setting:
 
     label: str
     nprobes: int = 20
-    refine_factor: int | None = None
+    refine_factor: int | str | None = None  # "auto": the Searcher's default, resolved from the table's index
     ef: int | None = None
     results: dict = field(default_factory=dict)
 
@@ -285,6 +285,7 @@ def measure_setting(db: Path, table, queries: np.ndarray, truth: list[list[str]]
     })
     searcher = Searcher(cfg)
     searcher.search_vector(queries[0])  # open the table, warm caches
+    refine = searcher.refine_factor("text")  # what the Searcher uses ("auto" resolved)
     searcher_ms, lance_ms, recalls = [], [], []
     for _ in range(repeats):
         for q, expected in zip(queries, truth):
@@ -294,10 +295,10 @@ def measure_setting(db: Path, table, queries: np.ndarray, truth: list[list[str]]
 
             def bare(vector=q):
                 query = table.search(vector).distance_type("cosine").nprobes(setting.nprobes)
-                if setting.refine_factor:
-                    query = query.refine_factor(setting.refine_factor)
+                if refine:
+                    query = query.refine_factor(refine)
                 if setting.ef:
-                    query = query.ef(max(setting.ef, k * (setting.refine_factor or 1)))
+                    query = query.ef(max(setting.ef, k * (refine or 1)))
                 return query.select(["id", "_distance"]).limit(k).to_arrow()
 
             lance_ms.append(timed(bare)[0])
@@ -332,6 +333,8 @@ def cold_process_ms(db: Path, queries: list[str], runs: int) -> tuple[float, flo
 
 #: bench name of each index type ``mmrag maintain`` can build
 INDEX_TYPES = {"ivf_sq": "IVF_SQ", "ivf_pq": "IVF_PQ", "hnsw": "IVF_HNSW_SQ"}
+#: LanceDB's ``index_type`` of each (what ``search.refine_factor = "auto"`` reads)
+LANCE_INDEX_TYPES = {"ivf_sq": "IvfSq", "ivf_pq": "IvfPq", "hnsw": "IvfHnswSq"}
 
 
 def index_grid(kind: str, *, quick: bool, large: bool) -> list[Setting]:
@@ -358,7 +361,10 @@ def index_grid(kind: str, *, quick: bool, large: bool) -> list[Setting]:
         grid = [Setting(f"nprobes={n} ef={e} refine={r}", nprobes=n, ef=e, refine_factor=r)
                 for n in nprobes for e in efs for r in refines]
     defaults = SearchConfig()
-    grid.append(Setting(f"search defaults (nprobes={defaults.nprobes} refine={defaults.refine_factor} ef={defaults.ef})",
+    refine = defaults.refine_factor
+    if refine == "auto":
+        refine = f"auto={auto_refine_factor(LANCE_INDEX_TYPES[kind])}"
+    grid.append(Setting(f"search defaults (nprobes={defaults.nprobes} refine={refine} ef={defaults.ef})",
                         nprobes=defaults.nprobes, refine_factor=defaults.refine_factor, ef=defaults.ef))
     return grid
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -178,11 +178,12 @@ class SearchConfig(_Section):
     nprobes: int = Field(
         16, ge=1, description="IVF partitions probed per query on tables with a vector index (bench/RESULTS.md: query_latency)"
     )
-    refine_factor: int | None = Field(
-        5, ge=1, description="indexed tables: re-rank refine_factor × limit index candidates with exact vectors "
-        "(at most 100k per query); quantised distances alone miss near-duplicates (1M rows, three k-means draws: "
-        "IVF_SQ recall@10 0.92 without, 1.0 with 2 or more; IVF_PQ 0.57-0.68 with 5, 0.97-1.0 with 80: "
-        "set about 80 for IVF_PQ; bench/RESULTS.md query_latency)",
+    refine_factor: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        "auto", description="indexed tables: re-rank refine_factor × limit index candidates with exact vectors "
+        "(at most 100k per query); quantised distances alone miss near-duplicates. 'auto' reads the index the "
+        "searched column has: 80 for IVF_PQ, 5 for IVF_SQ and IVF_HNSW_SQ (1M rows, three k-means draws: IVF_SQ "
+        "recall@10 0.92 without refine, 1.0 with 2 or more; IVF_PQ 0.57-0.68 with 5, 0.97-1.0 with 80; "
+        "bench/RESULTS.md query_latency); None: no re-ranking",
     )
     ef: int | None = Field(None, ge=1, description="HNSW search breadth (IVF_HNSW_* indexes); default: LanceDB's")
     reranker: Literal["none", "hybrid", "llm", "cross-encoder", "model-score"] = Field(
@@ -279,9 +280,9 @@ class OpsConfig(_Section):
     )
     vector_index_type: Literal["IVF_SQ", "IVF_PQ", "IVF_HNSW_SQ"] = Field(
         "IVF_SQ", description="at 1M rows, three k-means draws: IVF_SQ (8 bits a dimension) with the search defaults "
-        "(nprobes 16, refine 5) gave recall@10 1.0 at p50 16-18 ms, build 72-82 s; IVF_PQ needs refine 80 for "
-        "0.97-1.0 at 24-32 ms, build 122-138 s; IVF_HNSW_SQ needs ef 300 + refine 5 for 1.0 at 20-23 ms, build "
-        "338 s; see bench/RESULTS.md query_latency"
+        "(nprobes 16, refine 5) gave recall@10 1.0 at p50 16-18 ms, build 72-82 s; IVF_PQ with refine 80 (what "
+        "search.refine_factor auto picks for it) 0.97-1.0 at 24-32 ms, build 122-138 s; IVF_HNSW_SQ needs ef 300 "
+        "+ refine 5 for 1.0 at 20-23 ms, build 338 s; see bench/RESULTS.md query_latency"
     )
     gc_image_blobs: bool = Field(True, description="maintenance deletes image bytes no image row references")
     # task runners and scale-out

@@ -76,10 +76,8 @@ def index_config(rows: int, dimension: int, index_type: str):
 
 def vector_index_name(table) -> str | None:
     """Name of the index on the ``vector`` column of a LanceDB table, or None."""
-    for index in table.list_indices():
-        if "vector" in index.columns:
-            return index.name
-    return None
+    index = store.column_index(table, "vector")
+    return index.name if index is not None else None
 
 
 def ensure_vector_index(index_store: store.IndexStore, name: str, ops: OpsConfig) -> dict[str, Any] | None:

@@ -485,6 +485,17 @@ def refine_factor_for(limit: int, refine_factor: int) -> int:
     return max(1, min(refine_factor, REFINE_BUDGET // max(limit, 1)))
 
 
+#: ``search.refine_factor = "auto"``: the factor each LanceDB index type needs for recall@10 ≥ 0.95 at 1M rows
+#: (bench/RESULTS.md query_latency: IVF_PQ 0.57-0.68 at 5, 0.97-1.0 at 80; IVF_SQ and IVF_HNSW_SQ 1.0 at 5)
+AUTO_REFINE_FACTORS = {"IvfPq": 80}
+AUTO_REFINE_DEFAULT = 5
+
+
+def auto_refine_factor(index_type: str | None) -> int:
+    """The refine factor ``auto`` stands for on an index of LanceDB type ``index_type`` (``IvfPq``, ``IvfSq``…)."""
+    return AUTO_REFINE_FACTORS.get(index_type or "", AUTO_REFINE_DEFAULT)
+
+
 
 def embedders_with(modality: str) -> list[str]:
     """Names of the registered embedders that embed ``modality`` (``text`` / ``image``)."""
@@ -516,6 +527,7 @@ class Searcher:
         self._store = store
         self._tables: dict[str, Any] = {}
         self._schemas: dict[str, pa.Schema] = {}
+        self._index_types: dict[tuple[str, str], str | None] = {}
         self._rerankers: dict[str, Any] = {}
 
     # ---- resources
@@ -579,10 +591,24 @@ class Searcher:
             self._schemas[name] = self.table(target).schema
         return self._schemas[name]
 
+    def index_type(self, target: Target, column: str = "vector") -> str | None:
+        """LanceDB's type of the index on ``column`` of ``target``'s table as opened (``IvfSq``…), or None."""
+        key = (self.table_name(target), column)
+        if key not in self._index_types:
+            index = store_module.column_index(self.table(target), column)
+            self._index_types[key] = index.index_type if index is not None else None
+        return self._index_types[key]
+
+    def refine_factor(self, target: Target, column: str = "vector") -> int | None:
+        """``search.refine_factor`` for ``target``, with ``auto`` resolved by the column's index type."""
+        factor = self.cfg.search.refine_factor
+        return auto_refine_factor(self.index_type(target, column)) if factor == "auto" else factor
+
     def refresh(self) -> None:
         """Forget opened tables so the next query reads their latest versions."""
         self._tables.clear()
         self._schemas.clear()
+        self._index_types.clear()
 
     def reranker(self, name: str):
         """The reranker ``name`` built from ``cfg.search`` (kept for later queries)."""
@@ -762,8 +788,9 @@ class Searcher:
             query = query.bypass_vector_index()
         else:
             query = query.nprobes(cfg.nprobes)
-            refine = refine_factor_for(limit, cfg.refine_factor) if cfg.refine_factor else 1
-            if cfg.refine_factor:
+            factor = self.refine_factor(target, vector_column)
+            refine = refine_factor_for(limit, factor) if factor else 1
+            if factor:
                 query = query.refine_factor(refine)
             if cfg.ef:  # HNSW must explore at least as many nodes as candidates asked for
                 query = query.ef(max(cfg.ef, limit * refine))

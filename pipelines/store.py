@@ -52,6 +52,14 @@ def images_table_name(embedder: str) -> str:
     return f"images__{embedder}"
 
 
+def column_index(table, column: str = "vector"):
+    """The LanceDB index (an ``IndexConfig``: name, ``index_type`` such as ``IvfSq``) on ``column``, or None."""
+    for index in table.list_indices():
+        if column in index.columns:
+            return index
+    return None
+
+
 def sql_quote(value: str) -> str:
     """A SQL string literal for LanceDB filters (single quotes doubled)."""
     return "'" + value.replace("'", "''") + "'"

@@ -455,10 +455,8 @@ def test_image_queries_search_images_and_text_with_a_cross_modal_embedder(tmp_pa
 
 @pytest.mark.parametrize("index_type", ["IVF_SQ", "IVF_PQ"])
 def test_indexed_tables_use_nprobes_and_refine_and_match_exact_search(tmp_path, index_type):
-    from lancedb.index import IvfPq
-
     from pipelines.maintenance import index_config
-    from pipelines.retrieve import REFINE_BUDGET, refine_factor_for
+    from pipelines.retrieve import AUTO_REFINE_DEFAULT, REFINE_BUDGET, auto_refine_factor, refine_factor_for
 
     assert refine_factor_for(10, 60) == 60 and refine_factor_for(10_000, 60) == REFINE_BUDGET // 10_000
     assert refine_factor_for(REFINE_BUDGET * 2, 5) == 1
@@ -466,14 +464,23 @@ def test_indexed_tables_use_nprobes_and_refine_and_match_exact_search(tmp_path, 
     vectors = unit_rows(3000, 16, seed=5)
     write_import(tmp_path, store, vectors, text_records(3000), target="text", label="synth")
     table = store.open_table("chunks__synth__paragraph")
-    if index_type == "IVF_SQ":  # what `mmrag maintain` builds, searched with the default refine_factor
-        config, refine = index_config(3000, 16, "IVF_SQ"), SearchConfig().refine_factor
-    else:  # 2 PQ sub-vectors (the production 8 dimensions each) are too coarse for 16-d random vectors
-        config, refine = IvfPq(distance_type="cosine", num_partitions=8, num_sub_vectors=4, max_iterations=5), 20
+    config = index_config(3000, 16, index_type)  # what `mmrag maintain` builds
+    # every partition probed: what is left to the test is the quantised scan and the exact refine step, with
+    # the default refine_factor ("auto") resolved from the index the table has. On IVF_PQ (2 sub-vectors of
+    # 8 dimensions here) refine 5 matched exact search on at most 2 of these 5 queries in 8 builds, 80 on all 5.
+    searcher = searcher_for(store, mode="cosine", nprobes=config.num_partitions)
+    assert SearchConfig().refine_factor == "auto"
+    searcher.search_vector(vectors[0], target="text", k=10)
+    assert searcher.index_type("text") is None and searcher.refine_factor("text") == AUTO_REFINE_DEFAULT
     table.create_index("vector", config=config)
-    assert table.list_indices()[0].index_type == {"IVF_SQ": "IvfSq", "IVF_PQ": "IvfPq"}[index_type]
-    # every partition probed: what is left to the test is the quantised scan and the exact refine step
-    searcher = searcher_for(store, mode="cosine", nprobes=config.num_partitions, refine_factor=refine)
+    lance_type = {"IVF_SQ": "IvfSq", "IVF_PQ": "IvfPq"}[index_type]
+    assert table.list_indices()[0].index_type == lance_type
+    assert searcher.index_type("text") is None  # the table as opened before the index was built
+    searcher.refresh()
+    assert searcher.index_type("text") == lance_type
+    assert searcher.refine_factor("text") == {"IVF_SQ": 5, "IVF_PQ": 80}[index_type] == auto_refine_factor(lance_type)
+    assert searcher_for(store, refine_factor=7).refine_factor("text") == 7
+    assert searcher_for(store, refine_factor=None).refine_factor("text") is None
     for q in vectors[:5]:
         expected = np.argsort(-(vectors @ q))[:10]
         hits = searcher.search_vector(q, target="text", k=10).hits
