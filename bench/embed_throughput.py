@@ -252,8 +252,8 @@ def main() -> None:
         "size. Pipeline: the embedder's own method, tokenising (texts) or decoding PNG bytes + preprocessing "
         "(images, one batch ahead in a worker thread) inside the timed run. Each pair (bare, pipeline) runs "
         f"back to back on the same {args.batches_per_chunk} batches, order alternating; the ratio is the median "
-        "over pairs, so load from other processes on this shared machine hits both sides alike (absolute "
-        "items/s are depressed by that load). CLIP weights are random at ViT-B/16 sizes (vision 768×12, "
+        "over pairs, so load from other processes, if any, hits both sides alike (it lowers the absolute "
+        "items/s; the load averages above tell how much ran beside). CLIP weights are random at ViT-B/16 sizes (vision 768×12, "
         "patch 16, 224 px; text 512×12; projection 512); texts are colah paragraphs, images colah PNG figures.",
     ]
     report = "\n".join(lines)
