@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bench.results import RESULTS, replace_section  # noqa: E402
 from mmrag.config import ChunkingConfig, EmbedConfig, MmragConfig, SearchConfig  # noqa: E402
-from pipelines.maintenance import index_config  # noqa: E402
+from pipelines.maintenance import index_config, vector_index_name  # noqa: E402
 from pipelines.retrieve import Searcher, auto_refine_factor  # noqa: E402
 from pipelines.store import IndexStore, chunks_table_name  # noqa: E402
 
@@ -391,7 +391,7 @@ def scale_run(workdir: Path, records: list[dict], base: np.ndarray, queries: np.
         grid = index_grid(kind, quick=quick, large=large)
         name = kind if draws == 1 or kind == "hnsw" else f"{kind} draw {draw}"
         index_ms, _ = timed(table.create_index, "vector", config=config, replace=True)
-        table.wait_for_index([i.name for i in table.list_indices() if i.columns == ["vector"]])
+        table.wait_for_index([vector_index_name(table)])
         entry = {"build_s": index_ms / 1000, "config": repr(config).split("(")[0] + f"(partitions={config.num_partitions})",
                  "settings": {}}
         print(f"  {name}: built in {entry['build_s']:.0f} s", flush=True)
@@ -406,7 +406,7 @@ def scale_run(workdir: Path, records: list[dict], base: np.ndarray, queries: np.
             entry["softmax_pool"] = measure_softmax_pool(db, queries, setting)
             print(f"    softmax pool=10000 at {best[0]}: p50 {entry['softmax_pool'][0]:.1f} ms", flush=True)
         report["indexes"][name] = entry
-        table.drop_index(next(i.name for i in table.list_indices() if i.columns == ["vector"]))
+        table.drop_index(vector_index_name(table))
     if not quick:
         shutil.rmtree(db, ignore_errors=True)
     return report
