@@ -1,5 +1,5 @@
 # `make run`: set everything up and run the main job on the embedded defaults.
-# `make test`: set everything up and run the test suite (what .ci/run calls).
+# `make test`: set everything up, check the layers contract (lint-imports) and run the test suite (what .ci/run calls).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -27,6 +27,7 @@ browser:
 	  || echo "chromium not installed: the report browser test will skip"
 
 test: setup browser
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # CI gate: index the sample corpus afresh, evaluate it, and fail if retrieval quality dropped against the baseline.

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def isolate_prefect() -> Path:
@@ -26,7 +24,7 @@ def isolate_prefect() -> Path:
 
 def index(sources: list[str], work: Path, db: str, **overrides):
     """Run the index flow into ``work/db`` with a private raw store; returns the summary."""
-    from flows.index import run_index
+    from mmrag.flows.index import run_index
     from mmrag.config import load_config
 
     values = {"store.db_uri": str(work / db), "store.raw_dir": str(work / f"raw-{db}"), "progress": False,

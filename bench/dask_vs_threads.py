@@ -1,6 +1,6 @@
 """The index flow on the thread pool against a 2-worker local Dask cluster, same corpus and settings.
 
-    .venv/bin/python bench/dask_vs_threads.py [--quick] [--pages 200] [--latency 0.05]
+    .venv/bin/python -m bench.dask_vs_threads [--quick] [--pages 200] [--latency 0.05]
 
 Pages come over loopback HTTP with a fixed latency per request. Both runs index into fresh
 databases; the ratio is Dask's wall time over the threads' (measured in the same run).
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _run import index, isolate_prefect
+from bench._run import index, isolate_prefect
 
 from bench.corpus import generate_site, serve_site, write_sitemap
 from bench.machine import machine_info

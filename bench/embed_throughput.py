@@ -8,8 +8,8 @@
 
 Target: pipeline ≥ 0.9 × bare. Results go to bench/RESULTS.md under "embed_throughput".
 
-    .venv/bin/python bench/embed_throughput.py            # 256 texts, 64 images, 2 passes
-    .venv/bin/python bench/embed_throughput.py --quick    # 64 texts, 32 images, 1 pass
+    .venv/bin/python -m bench.embed_throughput            # 256 texts, 64 images, 2 passes
+    .venv/bin/python -m bench.embed_throughput --quick    # 64 texts, 32 images, 1 pass
 """
 
 from __future__ import annotations
@@ -19,16 +19,14 @@ import os
 import platform
 import re
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-from bench.results import RESULTS, replace_section  # noqa: E402
+from bench.results import RESULTS, replace_section
 CORPUS = REPO_ROOT.parent / "shared" / "corpora" / "colah" / "posts"
 SECTION = "embed_throughput"
 
@@ -109,7 +107,7 @@ def bench_minilm(texts: list[str], batch_size: int, repeats: int, batches_per_ch
     import torch
 
     from mmrag.config import EmbedConfig
-    from pipelines.embed import create_embedder
+    from mmrag.pipelines.embed import create_embedder
 
     embedder = create_embedder(EmbedConfig(batch_size=batch_size, device="cpu"))
     st = embedder._model  # the SentenceTransformer the pipeline uses: the bare loop runs its transformer directly
@@ -142,8 +140,8 @@ def bench_clip(texts: list[str], pngs: list[bytes], batch_size: int, repeats: in
     import torch
 
     from mmrag.config import EmbedConfig, ImageConfig
-    from pipelines.clip_embedder import decode_images
-    from pipelines.embed import create_embedder
+    from mmrag.pipelines.clip_embedder import decode_images
+    from mmrag.pipelines.embed import create_embedder
     from tests.tiny_checkpoints import save_random_clip
 
     with tempfile.TemporaryDirectory(prefix="clip-vit-b16-") as tmp:
@@ -233,7 +231,7 @@ def main() -> None:
     total = time.perf_counter() - started
 
     lines = [
-        f"Command: `.venv/bin/python bench/embed_throughput.py{' --quick' if args.quick else ''}` "
+        f"Command: `.venv/bin/python -m bench.embed_throughput{' --quick' if args.quick else ''}` "
         f"(batch size {args.batch_size}, {args.repeats} passes, pairs of {args.batches_per_chunk} batches, "
         f"total {total:.0f} s, load average at end {load_average()})",
         "",

@@ -1,7 +1,7 @@
 """Ingest throughput: pages/s with per-host concurrency against a sequential run, and re-index of the
 unchanged corpus against the first index, over a loopback site with a fixed latency per request.
 
-    .venv/bin/python bench/ingest.py [--quick] [--pages 1000] [--latency 0.05]
+    .venv/bin/python -m bench.ingest [--quick] [--pages 1000] [--latency 0.05]
 
 Every page has two paragraphs, a unique figure and the site's logo, so a first index makes about
 3 requests and embeds about 3 texts per page. Ratios are against baselines measured in the same run.
@@ -18,7 +18,7 @@ import argparse
 import os
 import time
 
-from _run import index, isolate_prefect, prefect_server_cpu_s, wait_for_prefect_idle
+from bench._run import index, isolate_prefect, prefect_server_cpu_s, wait_for_prefect_idle
 
 from bench.corpus import generate_site, request_count, serve_site, write_sitemap
 from bench.machine import machine_info

@@ -1,13 +1,13 @@
 """The embedded LLM's runtime: xllamacpp (what the ``llamacpp`` backend uses) against llama-cpp-python, same model.
 
-Both runtimes run the default GGUF (assembled into ``llm.cache_dir`` by :mod:`pipelines.llm.gguf`,
+Both runtimes run the default GGUF (assembled into ``llm.cache_dir`` by :mod:`mmrag.pipelines.llm.gguf`,
 located through the backend's own settings) with the backend's context size and thread count,
 greedy decoding (temperature 0) and the same chat messages: RAG prompts rendered by
-:func:`pipelines.generate.build_prompt` from sections of the sample corpus (``data/sample``), one
+:func:`mmrag.pipelines.generate.build_prompt` from sections of the sample corpus (``data/sample``), one
 text question of ``data/eval/sample.jsonl`` per article with its labelled section and the sections
 after it as hits (a few hundred prompt tokens each).
 
-* xllamacpp is driven exactly as the product drives it: :class:`~pipelines.llm.llamacpp_backend.LlamaCppBackend`
+* xllamacpp is driven exactly as the product drives it: :class:`~mmrag.pipelines.llm.llamacpp_backend.LlamaCppBackend`
   (``load()``, then streamed ``generate()``). llama.cpp's per-request ``timings`` (which the
   backend does not pass on) are read by a tap on its server object.
 * llama-cpp-python: ``Llama(model_path, n_ctx, n_threads, n_threads_batch, verbose=False)`` and
@@ -24,8 +24,8 @@ RSS, whether the greedy answers are identical, and the ratio llama-cpp-python / 
 empty pip cache (CPU-heavy: minutes on 2 cores).
 
     .venv/bin/pip install -e '.[llm,llm-bench]'     # llama-cpp-python is an optional extra (it builds from source)
-    .venv/bin/python bench/llm_runtime.py --install-cost --write-results   # 3 rounds x 7 prompts, 64 tokens
-    .venv/bin/python bench/llm_runtime.py --quick                           # 1 round x 3 prompts, 32 tokens
+    .venv/bin/python -m bench.llm_runtime --install-cost --write-results   # 3 rounds x 7 prompts, 64 tokens
+    .venv/bin/python -m bench.llm_runtime --quick                           # 1 round x 3 prompts, 32 tokens
 
 Without llama-cpp-python installed the xllamacpp side still runs and the section says what is
 missing. ``--write-results`` replaces only the ``## llm_runtime`` section of ``bench/RESULTS.md``.
@@ -48,10 +48,9 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-from bench.machine import machine_info  # noqa: E402
-from bench.results import RESULTS, replace_section  # noqa: E402
+from bench.machine import machine_info
+from bench.results import RESULTS, replace_section
 
 SECTION = "## llm_runtime"
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
@@ -91,8 +90,8 @@ def section_hits(document: Any, section: str, min_words: int) -> list[dict]:
 
 def rag_prompts(count: int, system_prompt: str | None, min_words: int = 200) -> list[tuple[str, list[dict]]]:
     """``count`` (question, chat messages) pairs: the first text question per article of the eval set, with its section's hits."""
-    from pipelines.generate import build_messages, build_prompt
-    from pipelines.parse import parse_html
+    from mmrag.pipelines.generate import build_messages, build_prompt
+    from mmrag.pipelines.parse import parse_html
 
     prompts: list[tuple[str, list[dict]]] = []
     seen: set[str] = set()
@@ -148,8 +147,8 @@ class XllamacppSession:
     """The product path: :class:`LlamaCppBackend` on the model file, streamed greedy answers."""
 
     def __init__(self, model: str, n_ctx: int, n_threads: int, max_tokens: int):
-        from pipelines.llm.base import GenerationOptions
-        from pipelines.llm.llamacpp_backend import LlamaCppBackend
+        from mmrag.pipelines.llm.base import GenerationOptions
+        from mmrag.pipelines.llm.llamacpp_backend import LlamaCppBackend
 
         self.backend = LlamaCppBackend(model, n_ctx=n_ctx, n_threads=n_threads)
         self.backend.load()
@@ -160,7 +159,7 @@ class XllamacppSession:
 
     def answer(self, messages: list[dict]) -> dict:
         """One streamed answer: text, wall-clock first-token and end-to-end seconds, token counts, llama.cpp timings."""
-        from pipelines.llm.base import ChatMessage, Usage
+        from mmrag.pipelines.llm.base import ChatMessage, Usage
 
         chat = [ChatMessage(m["role"], m["content"]) for m in messages]
         pieces: list[str] = []
@@ -238,7 +237,7 @@ def child_main(runtime: str, model: str, n_ctx: int, n_threads: int, max_tokens:
         print(json.dumps(payload), flush=True)
 
     if runtime == "xllamacpp":
-        importlib.import_module("pipelines.llm.llamacpp_backend")  # the product's code, outside the timed import
+        importlib.import_module("mmrag.pipelines.llm.llamacpp_backend")  # the product's code, outside the timed import
     started = time.perf_counter()
     importlib.import_module(MODULES[runtime])
     import_s = time.perf_counter() - started
@@ -259,7 +258,7 @@ class RuntimeProcess:
     def __init__(self, runtime: str, model: Path, n_ctx: int, n_threads: int, max_tokens: int, log_dir: Path):
         self.runtime = runtime
         self.log = log_dir / f"{runtime}.stderr"
-        command = [sys.executable, str(Path(__file__).resolve()), "--child", runtime, "--model", str(model),
+        command = [sys.executable, "-m", "bench.llm_runtime", "--child", runtime, "--model", str(model),
                    "--n-ctx", str(n_ctx), "--threads", str(n_threads), "--max-tokens", str(max_tokens)]
         with self.log.open("a") as stderr:
             self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
@@ -435,7 +434,7 @@ def markdown(context: dict, figures: dict[str, dict], paired: float | None, agre
     versions = ", ".join(f"{r} {context['versions'][r]}" for r in RUNTIMES)
     lines = [
         SECTION, "",
-        f"`.venv/bin/python bench/llm_runtime.py {context['argv']}` — {context['date']}", "",
+        f"`.venv/bin/python -m bench.llm_runtime {context['argv']}` — {context['date']}", "",
         f"{context['machine']}; {versions}; load average before {context['load_before']}, after {context['load_after']} "
         "(other jobs share the 2 cores: absolute figures are upper bounds; the runs are interleaved so load hits both alike).", "",
         f"Model `{context['model']}`, n_ctx {context['n_ctx']}, {context['threads']} threads (the backend's default), "
@@ -504,8 +503,8 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.prompts, args.max_tokens = 1, 3, 32
 
     from mmrag.config import MmragConfig
-    from pipelines.llm import make_backend
-    from pipelines.llm.gguf import resolve_gguf
+    from mmrag.pipelines.llm import make_backend
+    from mmrag.pipelines.llm.gguf import resolve_gguf
 
     config = MmragConfig()
     backend = make_backend(config.llm)  # the default llamacpp backend: its cache dir, n_ctx and thread default

@@ -1,6 +1,6 @@
 """Peak memory (RSS) per index stage at 250 / 500 / 1,000 pages, each size in a fresh process.
 
-    .venv/bin/python bench/memory.py [--quick] [--sizes 250 500 1000] [--page-batch 64]
+    .venv/bin/python -m bench.memory [--quick] [--sizes 250 500 1000] [--page-batch 64]
 
 A sampler thread reads VmRSS every 20 ms and charges it to the stage running then (the stages of
 ``IndexSummary.timed``: fetch, parse_chunk, images, embed, write, …). With batches of
@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from _run import ROOT, index, isolate_prefect
+from bench._run import ROOT, index, isolate_prefect
 
 from bench.machine import machine_info
 
@@ -35,7 +35,7 @@ def rss_mib() -> float:
 def child(pages: int, page_batch: int) -> dict:
     """Index a generated local corpus of ``pages`` pages; returns peak RSS MiB per stage."""
     from bench.corpus import generate_site
-    from pipelines.summary import IndexSummary
+    from mmrag.pipelines.summary import IndexSummary
 
     work = isolate_prefect()
     site = generate_site(work / "site", pages)
@@ -84,8 +84,8 @@ def main() -> None:
     print(machine_info())
     results = {}
     for n in sizes:
-        out = subprocess.run([sys.executable, __file__, "--child", str(n), "--page-batch", str(args.page_batch)],
-                             cwd=ROOT / "bench", capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-m", "bench.memory", "--child", str(n), "--page-batch", str(args.page_batch)],
+                             cwd=ROOT, capture_output=True, text=True, check=True)
         results[n] = json.loads(out.stdout.strip().splitlines()[-1])
     stages = [s for s in ("load_embedder", "sources", "fetch", "parse_chunk", "images", "embed", "write", "other")
               if any(s in r["peaks"] for r in results.values())]

@@ -2,7 +2,7 @@
 
 Part 1 (warm vs cold, same machine, same run): a table of real MiniLM vectors of real text (the sample
 corpus and, when ``../shared/corpora/colah`` is present, the colah posts, chunked like ``mmrag index``
-does). *Warm*: one :class:`~pipelines.retrieve.Searcher` keeps MiniLM and the table loaded;
+does). *Warm*: one :class:`~mmrag.pipelines.retrieve.Searcher` keeps MiniLM and the table loaded;
 each query is embed + search (cosine mode, k=10, no reranker). *Cold*: the original design's
 approach, the model loaded for every query (in process; a new process per query would cost more).
 Prints p50/p95 of both and the ratio cold/warm.
@@ -16,8 +16,8 @@ grid of nprobes / refine_factor / ef, each with p50/p95 and recall@10 against ex
 runs after embedding: the LanceDB query, exact cosine of the returned rows, hits) and of the bare
 LanceDB query.
 
-    .venv/bin/python bench/query_latency.py --rows 100000 1000000 --write-results
-    .venv/bin/python bench/query_latency.py --quick          # 20k rows, small grid, a minute
+    .venv/bin/python -m bench.query_latency --rows 100000 1000000 --write-results
+    .venv/bin/python -m bench.query_latency --quick          # 20k rows, small grid, a minute
 
 ``--write-results`` replaces the ``## query_latency`` section of ``bench/RESULTS.md`` (other
 sections are left alone).
@@ -41,13 +41,13 @@ import numpy as np
 import pyarrow as pa
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-from bench.results import RESULTS, replace_section  # noqa: E402
-from mmrag.config import ChunkingConfig, EmbedConfig, MmragConfig, SearchConfig  # noqa: E402
-from pipelines.maintenance import index_config, vector_index_name  # noqa: E402
-from pipelines.retrieve import Searcher, auto_refine_factor  # noqa: E402
-from pipelines.store import IndexStore, chunks_table_name  # noqa: E402
+from bench.results import RESULTS, replace_section
+from mmrag.config import ChunkingConfig, EmbedConfig, MmragConfig, SearchConfig
+from mmrag.pipelines.maintenance import index_config, vector_index_name
+from mmrag.pipelines.retrieve import Searcher
+from mmrag.pipelines.retrieve.scoring import auto_refine_factor
+from mmrag.pipelines.store import IndexStore, chunks_table_name
 
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 COLAH_DIR = REPO_ROOT.parent / "shared" / "corpora" / "colah"
@@ -156,8 +156,8 @@ def corpus_files(include_colah: bool) -> list[Path]:
 
 def corpus_chunks(embedder, files: list[Path]) -> list[dict]:
     """Paragraph chunks of ``files`` (parsed and chunked like ``mmrag index``), as content records."""
-    from pipelines.chunk import chunk_document
-    from pipelines.parse import parse_html
+    from mmrag.pipelines.chunk import chunk_document
+    from mmrag.pipelines.parse import parse_html
 
     records = []
     for path in files:
@@ -171,7 +171,7 @@ def corpus_chunks(embedder, files: list[Path]) -> list[dict]:
 
 def build_corpus_db(workdir: Path, embedder, include_colah: bool) -> tuple[Path, list[dict], np.ndarray]:
     """A database with the corpus chunks in ``chunks__minilm__paragraph``; returns (db, records, vectors)."""
-    from pipelines.import_vectors import import_vectors
+    from mmrag.pipelines.import_vectors import import_vectors
 
     records = corpus_chunks(embedder, corpus_files(include_colah))
     vectors = embedder.embed_texts([r["text"] for r in records])
@@ -187,7 +187,7 @@ def build_corpus_db(workdir: Path, embedder, include_colah: bool) -> tuple[Path,
 
 def warm_vs_cold(db: Path, queries: list[str], cold_queries: int) -> dict:
     """p50/p95 of warm searches (one Searcher) and of cold ones (model loaded per query), in ms."""
-    from pipelines.embed import create_embedder
+    from mmrag.pipelines.embed import create_embedder
 
     cfg = MmragConfig(store={"db_uri": str(db)}, search={"mode": "cosine", "text_k": 10})
     warm = Searcher(cfg)
@@ -439,7 +439,7 @@ def markdown(info: dict, load_before: str, load_after: str, corpus: dict, part1:
              args: argparse.Namespace) -> str:
     """The ``## query_latency`` section."""
     lines = [SECTION, ""]
-    lines.append(f"Command: `.venv/bin/python bench/query_latency.py {' '.join(sys.argv[1:])}` "
+    lines.append(f"Command: `.venv/bin/python -m bench.query_latency {' '.join(sys.argv[1:])}` "
                  f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
     lines.append("")
     lines.append(f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory']} RAM, {info['os']}, Python {info['python']}; "
@@ -535,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     info, load_before = machine_info(), load_average()
     print(f"machine: {info}\nload average: {load_before}\nworkdir: {workdir}", flush=True)
 
-    from pipelines.embed import create_embedder
+    from mmrag.pipelines.embed import create_embedder
 
     embedder = create_embedder(EmbedConfig(name="minilm"))
     files = corpus_files(not args.no_colah)

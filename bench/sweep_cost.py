@@ -5,7 +5,7 @@ search, scoring -- what a user pays per command, without Prefect's server start 
 and also warm in one process (the marginal cost of settings). The sweep embeds the queries once and
 reads the index and labels once (eval/sweep.py); each setting adds only search and scoring.
 
-    .venv/bin/python bench/sweep_cost.py [--db DIR] [--write-results]
+    .venv/bin/python -m bench.sweep_cost [--db DIR] [--write-results]
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 QUERIES = REPO / "data" / "eval" / "sample.jsonl"
 GRID_50 = {"k": [3, 5, 10, 15, 20], "temperature": [0.1, 0.25, 0.5, 1.0, 2.0], "threshold": [0.0, 0.01]}
 
@@ -28,7 +27,7 @@ def ensure_index(db: Path) -> None:
     """Index data/sample/ into ``db`` once (the default minilm/paragraph tables)."""
     if db.is_dir():
         return
-    from flows.index import run_index
+    from mmrag.flows.index import run_index
     from mmrag.config import load_config
 
     run_index([str(REPO / "data" / "sample")], load_config(None, {"store.db_uri": str(db), "progress": False}))
@@ -36,8 +35,8 @@ def ensure_index(db: Path) -> None:
 
 def single(db: str) -> float:
     """Seconds of one eval run (default setting), in this process."""
-    from eval.evalset import load_evalset
-    from eval.run import run_evaluation
+    from mmrag.eval.evalset import load_evalset
+    from mmrag.eval.run import run_evaluation
     from mmrag.config import load_config
 
     cfg = load_config(None, {"store.db_uri": db, "progress": False})
@@ -48,8 +47,8 @@ def single(db: str) -> float:
 
 def sweep(db: str) -> float:
     """Seconds of the 50-setting sweep, in this process (nothing written)."""
-    from eval.evalset import load_evalset
-    from eval.sweep import run_sweep
+    from mmrag.eval.evalset import load_evalset
+    from mmrag.eval.sweep import run_sweep
     from mmrag.config import load_config
 
     cfg = load_config(None, {"store.db_uri": db, "progress": False})
@@ -62,7 +61,7 @@ def sweep(db: str) -> float:
 def child(kind: str, db: str) -> float:
     """Run ``kind`` in a fresh interpreter, timing the whole process (imports included)."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, __file__, "--child", kind, "--db", db], check=True, cwd=REPO,
+    subprocess.run([sys.executable, "-m", "bench.sweep_cost", "--child", kind, "--db", db], check=True, cwd=REPO,
                    env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     return time.perf_counter() - t0
 
@@ -94,7 +93,7 @@ def main() -> None:
     print(text)
     print(f"load average at start {load[0]:.1f}; per extra setting (warm): {(warm_sweep - warm_single) / 49:.3f} s")
     if args.write_results:
-        section = (f"## sweep_cost\n\nCommand: `.venv/bin/python bench/sweep_cost.py --write-results` "
+        section = (f"## sweep_cost\n\nCommand: `.venv/bin/python -m bench.sweep_cost --write-results` "
                    f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); 63 queries of data/eval/sample.jsonl over "
                    f"data/sample (minilm, paragraph), grid k 5 × temperature 5 × threshold 2 = 50 settings. Load average at "
                    f"start {load[0]:.1f} on 2 cores (shared machine).\n\n{text}\n\nPer extra setting (warm): "

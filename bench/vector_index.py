@@ -6,13 +6,12 @@ embedded with the real MiniLM, and the rest are mixtures of two real vectors plu
 renormalised: they keep the real vectors' anisotropic, clustered geometry (which is what makes
 random Gaussian vectors a misleading benchmark). Queries are held-out real sentences.
 
-    .venv/bin/python bench/vector_index.py [--quick] [--rows 100000] [--real 2000]
+    .venv/bin/python -m bench.vector_index [--quick] [--rows 100000] [--real 2000]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,16 +19,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import machine_info  # noqa: E402
-from pipelines.maintenance import index_config  # noqa: E402
+from bench.machine import machine_info
+from mmrag.pipelines.maintenance import index_config
 
 
 def real_sentences(limit: int) -> list[str]:
     """Sentences of real article text: the shared colah posts when present, else the sample corpus."""
-    from pipelines.chunk import split_sentences
-    from pipelines.parse import parse_html
+    from mmrag.pipelines.chunk import split_sentences
+    from mmrag.pipelines.parse import parse_html
 
     root = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "colah" / "posts"
     files = sorted(root.glob("*/index.html")) or sorted((Path(__file__).resolve().parents[1] / "data" / "sample").glob("*.html"))
@@ -80,7 +78,7 @@ def main() -> None:
     import lancedb
 
     from mmrag.config import EmbedConfig
-    from pipelines.embed import create_embedder
+    from mmrag.pipelines.embed import create_embedder
 
     sentences = real_sentences(args.real + args.queries)
     started = time.perf_counter()

@@ -4,11 +4,11 @@ Per answer (one row of ``answers.parquet`` in the run directory; failures are ro
 ``error`` set and scores null -- never dropped): ``query_id, llm, query, reference_answer, answer,
 error, latency_s, time_to_first_token_s, tokens_in, tokens_out, n_contexts, contexts`` and the scores:
 
-* without an LLM (:mod:`eval.answer_metrics`): ``rouge_l``, ``bleu``, ``chrf``,
+* without an LLM (:mod:`mmrag.eval.answer_metrics`): ``rouge_l``, ``bleu``, ``chrf``,
   ``string_similarity``, ``semantic_similarity`` against ``reference_answer`` (null without one),
   ``context_precision`` / ``context_recall`` of the contexts given against the labelled evidence;
   ``score_error`` names a metric that raised;
-* with a judge LLM (:mod:`eval.judge`, ``--judge``): ``faithfulness``, ``answer_relevancy`` and,
+* with a judge LLM (:mod:`mmrag.eval.judge`, ``--judge``): ``faithfulness``, ``answer_relevancy`` and,
   with ``eval.judge_images``, ``multimodal_faithfulness`` / ``multimodal_relevance``; plus
   ``judge`` (model and endpoint), ``judge_error`` (each failed metric with its reason),
   ``judge_s``, ``judge_tokens_in``, ``judge_tokens_out``.
@@ -26,10 +26,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from eval.answer_metrics import CONTEXT_COLUMNS, NON_LLM_COLUMNS, context_scores, reference_scores, semantic_similarities
-from eval.evalset import EvalEntry
-from eval.judge import JUDGE_COLUMNS, JudgeSpec, judge_rows
+from mmrag.eval.answer_metrics import CONTEXT_COLUMNS, NON_LLM_COLUMNS, context_scores, reference_scores, semantic_similarities
+from mmrag.eval.evalset import EvalEntry
+from mmrag.eval.judge import JUDGE_COLUMNS, JudgeSpec, judge_rows
 from mmrag.config import MmragConfig
+from mmrag.pipelines.generate import answer_events
+from mmrag.pipelines.llm.base import collect
+from mmrag.pipelines.generate import image_inputs, load_image_blobs
+from mmrag.pipelines.llm.openai_backend import image_data_url
+from mmrag.pipelines.store import IndexStore
+from mmrag.pipelines.llm import make_backend
+from mmrag.pipelines.llm.gguf import resolve_gguf
+from mmrag.pipelines.llm.llamacpp_backend import _runtime
+from mmrag.pipelines.embed import create_embedder
+from mmrag.eval.judge import parse_judge_spec
 
 SCORE_COLUMNS = (*NON_LLM_COLUMNS, *JUDGE_COLUMNS)
 ANSWER_COLUMNS = ("query_id", "llm", "query", "reference_answer", "answer", "error", "latency_s", "time_to_first_token_s",
@@ -40,8 +50,6 @@ ANSWER_COLUMNS = ("query_id", "llm", "query", "reference_answer", "answer", "err
 def generate_answer(entry: EvalEntry, hits: Sequence[Mapping[str, Any]], backend: Any, cfg: MmragConfig, *,
                     llm: str, max_contexts: int = 5) -> dict[str, Any]:
     """Answer one entry from its hits with ``backend``; returns the answer row (``error`` set on failure, never raised)."""
-    from pipelines.generate import answer_events
-    from pipelines.llm.base import collect
 
     text_hits = [h for h in sorted(hits, key=lambda h: h["rank"]) if h["target"] == "text"][:max_contexts]
     row: dict[str, Any] = {"query_id": entry.id, "llm": llm, "query": entry.query, "reference_answer": entry.reference_answer,
@@ -88,9 +96,6 @@ def judge_contexts(rows: Sequence[Mapping[str, Any]], hits: Sequence[Mapping[str
 
 def judge_images(rows: Sequence[Mapping[str, Any]], hits: Sequence[Mapping[str, Any]], cfg: MmragConfig) -> list[list[str]]:
     """Per row: the query's retrieved images (at most ``llm.max_images``, best first) as ``data:`` URLs, read from ``image_blobs``."""
-    from pipelines.generate import image_inputs, load_image_blobs
-    from pipelines.llm.openai_backend import image_data_url
-    from pipelines.store import IndexStore
 
     image_hits: dict[str, list[Mapping[str, Any]]] = {}
     for h in hits:
@@ -118,10 +123,8 @@ def answer_run_dir(run_dir: str | Path, entries: Sequence[EvalEntry], cfg: Mmrag
     Entries whose query is an image are left out; entries without hits are answered from nothing.
     A backend that cannot be built records one failed row per query; once ``budget_s`` seconds have
     passed, the remaining queries are recorded as failed rows (``error``: budget exhausted), not dropped.
-    With ``judge`` (needs ``embed``), the judged metrics are added by :func:`eval.judge.judge_rows`.
+    With ``judge`` (needs ``embed``), the judged metrics are added by :func:`mmrag.eval.judge.judge_rows`.
     """
-    from pipelines.llm import make_backend
-
     log = log or (lambda _m: None)
     run_dir = Path(run_dir)
     hits = pq.read_table(run_dir / "hits.parquet").to_pylist()
@@ -187,8 +190,6 @@ def answer_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any
 def llamacpp_ready(cfg: MmragConfig, model: str) -> str | None:
     """None when the embedded llama.cpp backend can load ``model``; else the reason it cannot."""
     try:
-        from pipelines.llm.gguf import resolve_gguf
-        from pipelines.llm.llamacpp_backend import _runtime
 
         _runtime()
         resolve_gguf(model, cfg.llm.cache_dir)
@@ -206,9 +207,6 @@ def answer_step(run_dir: str | Path, entries: Sequence[EvalEntry], cfg: MmragCon
         if reason:
             return f"skipped: llamacpp backend not ready ({reason})"
     cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"max_tokens": max_tokens})})
-    from pipelines.embed import create_embedder
-
-    from eval.judge import parse_judge_spec
 
     embedder = create_embedder(cfg.embed)
     judge = parse_judge_spec(cfg.eval.judge, cfg.llm) if cfg.eval.judge else None

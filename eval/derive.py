@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from eval.evalset import EvalEntry
-from eval.labels import normalise_text, normalise_url, path_suffix_matches
+from mmrag.eval.evalset import EvalEntry
+from mmrag.eval.labels import normalise_text, normalise_url, path_suffix_matches
 
 KINDS = ("caption", "heading")
 

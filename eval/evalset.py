@@ -12,7 +12,7 @@ One query per line, exactly this schema (extra keys are allowed and kept, on ent
   the text; needs an embedder with image modality, others skip the entry.
 * ``kind``: free-form group name (``text``, ``figure``, ``detail``, ``caption``, ``heading`` …);
   metrics are aggregated per kind.
-* ``relevant``: text labels (see :mod:`eval.labels`): ``url`` required, ``section`` and
+* ``relevant``: text labels (see :mod:`mmrag.eval.labels`): ``url`` required, ``section`` and
   ``contains`` optional. ``relevant_images``: ``image_url`` required, ``url`` optional (only
   occurrences of the image in that document). At least one label is required.
 * ``reference_answer``: for answer evaluation (part B); may be null.

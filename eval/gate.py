@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval.results import RunRecord, git_commit, load_run
-from eval.significance import compare_per_query
+from mmrag.eval.results import RunRecord, git_commit, load_run
+from mmrag.eval.significance import compare_per_query
 
 BASELINE_FORMAT = "mmrag-eval-baseline/1"
 PER_QUERY_KEYS = ("query_id", "kind", "target", "n_relevant")

@@ -33,9 +33,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from eval.answer_metrics import EmbedderEmbeddings  # first: it turns ragas' usage tracking off before ragas loads
+from mmrag.eval.answer_metrics import EmbedderEmbeddings  # first: it turns ragas' usage tracking off before ragas loads
 from mmrag.config import EvalConfig, LlmConfig
-from pipelines.llm.base import LlmError
+from mmrag.pipelines.llm.base import LlmError
+from mmrag.pipelines.llm import parse_llm_spec
+from mmrag.pipelines.llm.ollama_backend import ollama_host
+from mmrag.pipelines.llm.gguf import resolve_gguf
+from mmrag.pipelines.llm.llamacpp_backend import serve_http
+from mmrag.pipelines.llm.openai_backend import NO_KEY
+from mmrag.pipelines.llm.openai_backend import openai_error
 
 JUDGE_COLUMNS = ("faithfulness", "answer_relevancy", "multimodal_faithfulness", "multimodal_relevance")
 JUDGE_INFO_COLUMNS = ("judge", "judge_error", "judge_s", "judge_tokens_in", "judge_tokens_out")
@@ -52,8 +58,6 @@ class JudgeSpec:
 
 def parse_judge_spec(spec: str, llm: LlmConfig) -> JudgeSpec:
     """``llamacpp[:MODEL]`` | ``ollama[:MODEL][@URL]`` | ``openai[:MODEL][@URL]`` -> :class:`JudgeSpec`; bad specs raise ``LlmError(bad_spec)``."""
-    from pipelines.llm import parse_llm_spec
-    from pipelines.llm.ollama_backend import ollama_host
 
     name, at, url = spec.strip().partition("@")
     if at and not url.startswith(("http://", "https://")):
@@ -75,8 +79,6 @@ def judge_endpoint(spec: JudgeSpec, llm: LlmConfig) -> Iterator[str]:
     if spec.base_url:
         yield spec.base_url
         return
-    from pipelines.llm.gguf import resolve_gguf
-    from pipelines.llm.llamacpp_backend import serve_http
 
     with serve_http(resolve_gguf(spec.model, llm.cache_dir), alias=spec.model, n_ctx=llm.n_ctx, n_threads=llm.n_threads) as url:
         yield url
@@ -103,8 +105,6 @@ class TokenMeter:
 def judge_client(base_url: str, settings: EvalConfig, *, api_key_env: str = "OPENAI_API_KEY") -> Any:
     """The ``AsyncOpenAI`` client of the judge at ``base_url`` (retries are instructor's, on output that does not validate)."""
     from openai import AsyncOpenAI
-
-    from pipelines.llm.openai_backend import NO_KEY
 
     return AsyncOpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or NO_KEY, timeout=settings.judge_timeout_s, max_retries=0)
 
@@ -140,8 +140,6 @@ def judge_metrics(llm: Any, embed: Callable[[list[str]], Any], settings: EvalCon
 def failure_text(exc: BaseException, base_url: str, model: str) -> str:
     """One line saying why a judged metric failed: the endpoint's error when there is one, else what did not validate."""
     import openai
-
-    from pipelines.llm.openai_backend import openai_error
 
     attempts = getattr(exc, "failed_attempts", None) or []
     seen: list[BaseException] = []

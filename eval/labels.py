@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from eval.evalset import EvalEntry, ImageLabel, TextLabel
+from mmrag.eval.evalset import EvalEntry, ImageLabel, TextLabel
 
 # --------------------------------------------------------------------------- text normalisation
 

@@ -4,7 +4,7 @@ Metric names are ranx's: ``recall@k``, ``precision@k``, ``ndcg@k``, ``hit_rate@k
 k, and ``mrr`` (over the whole retrieved list, i.e. MRR@search-k). Relevance is binary.
 
 * **Qrels** per target: ``{query id: {relevant id: 1}}`` over *all* rows of the index the labels
-  match (:mod:`eval.labels`), so recall's denominator is every relevant chunk (or image) in the
+  match (:mod:`mmrag.eval.labels`), so recall's denominator is every relevant chunk (or image) in the
   index, not only the retrieved ones.
 * **Run** per target: ``{query id: {hit id: 1 / rank}}`` -- the search's own order, whatever score
   ranked it (softmax, cosine or a reranker's), with no ties.

@@ -41,24 +41,21 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from eval.evalset import dump_evalset
-from mmrag.records import sha256_hex
-
-if TYPE_CHECKING:
-    from eval.run import EvalResult
-    from pipelines.store import IndexStore
+from mmrag.eval.evalset import dump_evalset
+from mmrag.eval.metrics import build_qrels, build_run
+from mmrag.eval.run import EvalResult, corpus_fingerprint
+from mmrag.pipelines.store import IndexStore, database_exists, open_existing
 
 RUN_FORMAT = "mmrag-eval-run/1"
-HISTORY_TABLE = "eval_history"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SETTING_COLUMNS: dict[str, pa.DataType] = {
     "embedder": pa.string(),
@@ -80,15 +77,6 @@ SETTING_COLUMNS: dict[str, pa.DataType] = {
 
 
 # --------------------------------------------------------------------------- fingerprints and provenance
-
-
-def corpus_fingerprint(documents: Iterable[Mapping[str, Any]]) -> str:
-    """SHA-256 over the sorted content hashes of live documents (rows with ``status`` and ``content_hash``).
-
-    Machine-independent: URLs are not part of it (see the module docstring).
-    """
-    hashes = sorted(d["content_hash"] for d in documents if d.get("content_hash") and d.get("status") != "gone")
-    return sha256_hex("\n".join(hashes))
 
 
 def git_commit(path: str | Path | None = None) -> str:
@@ -231,49 +219,19 @@ def history_row(manifest: Mapping[str, Any], overall: Mapping[str, Mapping[str, 
     return row
 
 
-def _history_field(name: str) -> pa.Field:
-    if name == "created_at":
-        return pa.field(name, pa.timestamp("us", tz="UTC"))
-    if name in SETTING_COLUMNS:
-        return pa.field(name, SETTING_COLUMNS[name])
-    if name.startswith("n_") and name.endswith("_queries"):
-        return pa.field(name, pa.int64())
-    if name in ("run_id", "commit", "corpus_fingerprint", "evalset_fingerprint", "db_uri", "queries_path",
-                "run_dir", "setting_json"):
-        return pa.field(name, pa.string())
-    return pa.field(name, pa.float64())
-
-
 def append_history(history_uri: str, row: Mapping[str, Any]) -> None:
-    """Append ``row`` to the ``eval_history`` table at ``history_uri``, adding any new columns (older rows get nulls)."""
-    import lancedb
-
-    if "://" not in history_uri:
-        Path(history_uri).mkdir(parents=True, exist_ok=True)
-    db = lancedb.connect(history_uri)
-    schema = pa.schema([_history_field(name) for name in row])
-    if HISTORY_TABLE not in db.list_tables().tables:
-        table = db.create_table(HISTORY_TABLE, schema=schema, exist_ok=True)
-    else:
-        table = db.open_table(HISTORY_TABLE)
-    missing = [f for f in schema if f.name not in table.schema.names]
-    if missing:
-        table.add_columns(pa.schema(missing))
-    record = {name: row.get(name) for name in table.schema.names}
-    table.add(pa.Table.from_pylist([record], schema=table.schema))
+    """Append ``row`` to the ``eval_history`` table of the database at ``history_uri`` (created when missing)."""
+    IndexStore(history_uri).append_history(row, SETTING_COLUMNS)
 
 
 def read_history(history_uri: str):
     """The ``eval_history`` table as a pandas DataFrame sorted by ``created_at`` (empty when there is none)."""
-    import lancedb
-    import pandas as pd
+    import pandas as pd  # deferred: pandas costs ~0.5 s to import and only history readers need it
 
-    if "://" not in history_uri and not Path(history_uri).is_dir():
+    table = open_existing(history_uri).read_history() if database_exists(history_uri) else None
+    if table is None:
         return pd.DataFrame()
-    db = lancedb.connect(history_uri)
-    if HISTORY_TABLE not in db.list_tables().tables:
-        return pd.DataFrame()
-    return db.open_table(HISTORY_TABLE).to_pandas().sort_values("created_at").reset_index(drop=True)
+    return table.to_pandas().sort_values("created_at").reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- reading a run
@@ -310,8 +268,6 @@ def load_run(run_dir: str | Path) -> RunRecord:
 
 def load_ranx(run_dir: str | Path, target: str = "text"):
     """ranx ``(Qrels, Run)`` of one target of a run directory (for ``ranx.compare`` across runs of one index)."""
-    from eval.metrics import build_qrels, build_run
-
     path = Path(run_dir)
     relevant = json.loads((path / "qrels.json").read_text(encoding="utf-8")).get(target, {})
     hits = pq.read_table(path / "hits.parquet").to_pylist()

@@ -14,7 +14,7 @@ run starts, so labels and searches read the same data however long the run takes
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,20 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from eval import labels as labels_module
-from eval import metrics as metrics_module
-from eval.evalset import EvalEntry, evalset_fingerprint
+from mmrag.eval import labels as labels_module
+from mmrag.eval import metrics as metrics_module
+from mmrag.eval.evalset import EvalEntry, evalset_fingerprint
 from mmrag.config import MmragConfig
-from pipelines import store as store_module
-from pipelines.retrieve import (
-    HIT_TARGET,
-    SearchError,
-    SearchResult,
-    Searcher,
-    require_modality,
-    resolve_targets,
-    target_settings,
-)
+from mmrag.records import sha256_hex
+from mmrag.pipelines.retrieve.hits import HIT_TARGET, SearchError, SearchResult, resolve_targets
+from mmrag.pipelines.retrieve.searcher import Searcher, require_modality, target_settings
+from mmrag.pipelines.store import DOCUMENTS
 
 CHUNK_COLUMNS = ["id", "doc_url", "section_path", "char_start", "char_end", "text"]
 IMAGE_COLUMNS = ["id", "doc_url", "src_url"]
@@ -52,9 +46,18 @@ class IndexSnapshot:
     documents: list[dict[str, Any]]
 
 
+def corpus_fingerprint(documents: Iterable[Mapping[str, Any]]) -> str:
+    """SHA-256 over the sorted content hashes of live documents (rows with ``status`` and ``content_hash``).
+
+    Machine-independent: URLs are not part of it (see :mod:`mmrag.eval.results`).
+    """
+    hashes = sorted(d["content_hash"] for d in documents if d.get("content_hash") and d.get("status") != "gone")
+    return sha256_hex("\n".join(hashes))
+
+
 @dataclass
 class EvalResult:
-    """Everything one eval run produced; :func:`eval.results.write_run` writes it as a run directory."""
+    """Everything one eval run produced; :func:`mmrag.eval.results.write_run` writes it as a run directory."""
 
     run_id: str
     created_at: datetime
@@ -132,20 +135,17 @@ def open_index(searcher: Searcher, cfg: MmragConfig) -> IndexSnapshot:
     chunks: list[dict] = []
     images: list[dict] = []
     for tgt in resolve_targets(cfg.eval.target):
-        table = searcher.table(tgt)
-        version = int(table.version)
-        table.checkout(version)
+        version = searcher.pin(tgt)
         name = searcher.table_name(tgt)
         versions[name] = version
         tables[HIT_TARGET[tgt]] = name
         columns = CHUNK_COLUMNS if tgt == "text" else IMAGE_COLUMNS
-        rows = table.to_lance().to_table(columns=columns).to_pylist()
+        rows = index_store.read_table(name, columns, version=version).to_pylist()
         (chunks if tgt == "text" else images).extend(rows)
-    if not index_store.has_table(store_module.DOCUMENTS):
+    if not index_store.has_table(DOCUMENTS):
         raise SearchError(f"no documents table in {index_store.db_uri} (run `mmrag index SOURCE…` first)")
-    documents_table = index_store.open_table(store_module.DOCUMENTS)
-    versions[store_module.DOCUMENTS] = int(documents_table.version)
-    documents = documents_table.to_lance().to_table(columns=DOCUMENT_COLUMNS).to_pylist()
+    versions[DOCUMENTS] = index_store.current_versions([DOCUMENTS])[DOCUMENTS]
+    documents = index_store.read_table(DOCUMENTS, DOCUMENT_COLUMNS, version=versions[DOCUMENTS]).to_pylist()
     corpus = labels_module.build_corpus(chunks, images, {d["url"]: d.get("text") for d in documents})
     return IndexSnapshot(corpus=corpus, versions=versions, tables=tables, documents=documents)
 
@@ -165,7 +165,7 @@ def embed_queries(searcher: Searcher, entries: Sequence[EvalEntry], *, base_dir:
     """Query vectors of ``entries``, float32 ``(n, d)`` in entry order: texts in one batch, images one by one.
 
     ``query_image`` paths are relative to ``base_dir`` (the eval file's folder). Raises
-    :class:`~pipelines.retrieve.SearchError` when the embedder cannot embed a query's modality.
+    :class:`~mmrag.pipelines.retrieve.SearchError` when the embedder cannot embed a query's modality.
     """
     if not entries:
         return np.empty((0, 0), dtype=np.float32)
@@ -200,7 +200,7 @@ def search_entries(searcher: Searcher, entries: Sequence[EvalEntry], vectors: np
 
 def hit_rows(run_id: str, entries: Sequence[EvalEntry], results: Sequence[SearchResult],
              relevant: dict[str, dict[str, list[str]]]) -> list[dict[str, Any]]:
-    """One row per retrieved item (see ``hits.parquet`` in :mod:`eval.results`), with its ``relevant`` flag."""
+    """One row per retrieved item (see ``hits.parquet`` in :mod:`mmrag.eval.results`), with its ``relevant`` flag."""
     rows = []
     for entry, result in zip(entries, results):
         for hit in result.hits:
@@ -268,14 +268,13 @@ def run_evaluation(
     vectors: np.ndarray | None = None,
     step: Callable[..., Any] | None = None,
 ) -> EvalResult:
-    """Evaluate one retrieval setting (from ``cfg``) on ``entries``; nothing is written (see :mod:`eval.results`).
+    """Evaluate one retrieval setting (from ``cfg``) on ``entries``; nothing is written (see :mod:`mmrag.eval.results`).
 
     ``vectors`` may hold ready query vectors from :func:`embed_queries` (the embeddable entries,
     same embedder), e.g. when a sweep evaluates several settings. ``step(name, fn, *args)`` runs
     each step (``open-index``, ``label``, ``embed-queries``, ``search``, ``score``); the Prefect
     flow passes one that runs them as tasks. Default: plain calls.
     """
-    from eval.results import corpus_fingerprint
 
     step = step or _call
     run_id = run_id or new_run_id()

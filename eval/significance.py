@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from mmrag.eval.metrics import build_qrels, build_run
 
 STAT_TESTS = ("student", "fisher")
 
@@ -131,8 +132,6 @@ def compare_ranked(
     delta, p_value, significant``, for every ordered pair of run names.
     """
     from ranx import compare
-
-    from eval.metrics import build_qrels, build_run
 
     if stat_test not in STAT_TESTS:
         raise ValueError(f"unknown stat_test {stat_test!r}: use {' or '.join(STAT_TESTS)}")

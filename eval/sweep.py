@@ -13,12 +13,12 @@ A grid file (YAML or JSON) maps setting names to value lists; every combination 
 in cosine mode); ``chunk_size`` is ``window_chars`` (window) or ``max_tokens`` (tokens).
 
 Cost: settings are grouped by (embedder, chunking). Each group's tables are built once with
-:func:`flows.index.run_index` on ``sources`` when missing (or always with ``index=True``), the
-queries are embedded once per group (:func:`eval.run.embed_queries`), and every setting reuses
-those vectors and the loaded embedder (:func:`eval.run.run_evaluation` with ``vectors=``).
+``index_group`` (the flow layer runs the index flow) when missing (or always with ``index=True``), the
+queries are embedded once per group (:func:`mmrag.eval.run.embed_queries`), and every setting reuses
+those vectors and the loaded embedder (:func:`mmrag.eval.run.run_evaluation` with ``vectors=``).
 
 Output (:func:`write_sweep`): one run directory -- the best setting's run in the format of
-:mod:`eval.results` (so reports, gates and ``load_run`` work on it) plus ``sweep.parquet`` (one row
+:mod:`mmrag.eval.results` (so reports, gates and ``load_run`` work on it) plus ``sweep.parquet`` (one row
 per setting: ``setting_id``, setting columns, ``<target>_<metric>``), ``sweep_per_query.parquet``
 (every setting's per-query values) and ``sweep.json`` (grid, best setting per metric with paired
 tests against every other setting).
@@ -34,12 +34,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dataclasses import replace
+
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from eval.evalset import EvalEntry
-from eval.run import EvalResult, can_embed, embed_queries, new_run_id, run_evaluation
 from mmrag.config import MmragConfig
+from mmrag.eval.evalset import EvalEntry
+from mmrag.eval.results import write_run
+from mmrag.eval.run import EvalResult, can_embed, embed_queries, new_run_id, run_evaluation
+from mmrag.eval.significance import compare_per_query
+from mmrag.pipelines.retrieve.hits import Target, resolve_targets
+from mmrag.pipelines.retrieve.searcher import Searcher
+from mmrag.pipelines.store import chunks_table_name, database_exists, images_table_name, open_existing
 
 GRID_KEYS = ("embedder", "chunking", "chunk_size", "mode", "reranker", "image_scoring", "k", "text_k", "image_k", "threshold", "temperature")
 SETTING_COLUMNS = ("embedder", "chunking", "mode", "reranker", "image_scoring", "text_k", "text_threshold", "text_temperature",
@@ -186,8 +194,6 @@ def best_settings(
     significantly better -- only possible on ties in the mean), ``ties`` (not significant),
     ``min_p_value`` (against the runner-up setting: ``runner_up``, ``runner_up_p_value``).
     """
-    from eval.significance import compare_per_query
-
     out = []
     for column in metrics:
         if not rows or column not in rows[0]:
@@ -222,8 +228,6 @@ class CachedQuery:
     """A LanceDB query builder that records its calls and answers ``to_arrow()`` from the shared cache when it can."""
 
     def __init__(self, owner: "CachedTable", vector: Any, search_kwargs: dict[str, Any] | None = None):
-        import numpy as np
-
         self._owner = owner
         self._vector = np.asarray(vector, dtype=np.float32)
         self._search_kwargs = dict(search_kwargs or {})
@@ -272,6 +276,11 @@ class CachedTable:
         return getattr(self.table, name)
 
     @property
+    def wraps_table(self) -> Any:
+        """The LanceDB table under the cache (so :meth:`OpenedTables.wrap` does not wrap it twice)."""
+        return self.table
+
+    @property
     def schema(self) -> pa.Schema:
         """The table's schema, read once."""
         if self._schema is None:
@@ -289,20 +298,16 @@ class CachedTable:
         return CachedQuery(self, vector, kwargs)
 
 
-def cache_tables(searcher: Any, targets: Sequence[str]) -> None:
+def cache_tables(searcher: Searcher, targets: Sequence[Target]) -> None:
     """Replace ``searcher``'s opened tables of ``targets`` with :class:`CachedTable` wrappers (opening them first)."""
-    for tgt in targets:
-        name = searcher.table_name(tgt)
-        table = searcher.table(tgt)
-        if not isinstance(table, CachedTable):
-            searcher._tables[name] = CachedTable(table)  # noqa: SLF001
+    searcher.wrap_tables(targets, CachedTable)
 
 
 SHARED_STEPS = ("open-index", "label")
 
 
 def shared_steps(step: Callable[..., Any] | None = None) -> Callable[..., Any]:
-    """A ``step`` for :func:`eval.run.run_evaluation` that runs ``open-index`` and ``label`` once and then reuses them.
+    """A ``step`` for :func:`mmrag.eval.run.run_evaluation` that runs ``open-index`` and ``label`` once and then reuses them.
 
     Every setting of one (embedder, chunking) group reads the same pinned tables and labels, so only
     search and scoring run per setting.
@@ -326,7 +331,7 @@ def run_sweep(
     grid: Mapping[str, Sequence[Any]],
     *,
     queries_path: str | Path | None = None,
-    sources: Sequence[str] = ("data/sample/",),
+    index_group: Callable[[MmragConfig, bool], None] | None = None,
     index: bool = False,
     run_id: str | None = None,
     step: Callable[..., Any] | None = None,
@@ -335,13 +340,11 @@ def run_sweep(
 ) -> SweepResult:
     """Evaluate every grid point on ``entries``; tables per (embedder, chunking) built once, queries embedded once per group.
 
-    Tables missing in ``base.store.db_uri`` are built with ``run_index(sources, …)``; ``index=True``
-    runs it once per group regardless (incremental). With ``cache_search`` identical LanceDB queries
+    Tables missing in ``base.store.db_uri`` are built by ``index_group(config, missing=True)`` (the
+    flow layer passes one that runs the index flow); ``index=True`` calls it once per group regardless
+    (``missing=False``). Without ``index_group`` a missing table is an error. With ``cache_search`` identical LanceDB queries
     of a group run once (:class:`CachedTable`). Nothing is written (see :func:`write_sweep`).
     """
-    from pipelines.retrieve import Searcher
-    from pipelines.store import IndexStore, chunks_table_name, images_table_name
-
     log = log or (lambda _msg: None)
     run_id = run_id or new_run_id()
     grid = {k: list(v) for k, v in grid.items()}
@@ -358,15 +361,12 @@ def run_sweep(
         cfg0 = configs[members[0]]
         t0 = time.perf_counter()
         uri = cfg0.store.db_uri
-        exists = ("://" in uri or Path(uri).is_dir())
-        store = IndexStore(uri) if exists else None
+        store = open_existing(uri) if database_exists(uri) else None
         missing = store is None or not (store.has_table(chunks_table_name(label, chunking))
                                         and store.has_table(images_table_name(label)))
-        if index or missing:
-            from flows.index import run_index
-
-            log(f"indexing {', '.join(sources)} for embedder {label}, chunking {chunking}")
-            run_index(list(sources), cfg0)
+        if (index or missing) and index_group is not None:
+            log(f"indexing for embedder {label}, chunking {chunking}")
+            index_group(cfg0, missing)
         timings["index"] += time.perf_counter() - t0
         searcher = Searcher(cfg0)
         usable = [e for e in entries if can_embed(searcher, e)]
@@ -377,12 +377,10 @@ def run_sweep(
         t0 = time.perf_counter()
         group_step = shared_steps(step)
         if cache_search:
-            from pipelines.retrieve import resolve_targets
-
             cache_tables(searcher, resolve_targets(cfg0.eval.target))
         for i in members:
-            point_searcher = Searcher(configs[i], embedder=searcher.embedder, store=searcher.store)
-            point_searcher._tables = searcher._tables  # noqa: SLF001 - same tables, opened (and pinned) once per group
+            # the same tables, opened (and pinned) once per group
+            point_searcher = Searcher(configs[i], embedder=searcher.embedder, store=searcher.store, tables=searcher.tables)
             results[i] = run_evaluation(entries, configs[i], searcher=point_searcher, queries_path=queries_path,
                                         run_id=f"{run_id}-{i:03d}", vectors=vectors, step=group_step)
         timings["evaluate"] += time.perf_counter() - t0
@@ -407,10 +405,6 @@ def write_sweep(
     history_uri: str | None = None,
 ) -> Path:
     """Write the sweep as ``out_dir/<run_id>/``: the best setting's run files plus ``sweep.parquet``, ``sweep_per_query.parquet``, ``sweep.json``."""
-    from dataclasses import replace
-
-    from eval.results import write_run
-
     best = replace(sweep.best_result, run_id=sweep.run_id,
                    hits=[{**h, "run_id": sweep.run_id} for h in sweep.best_result.hits])
     run_dir = write_run(best, out_dir, db_uri=db_uri, index_store=index_store, tag_versions=tag_versions,

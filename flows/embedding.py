@@ -18,9 +18,10 @@ from prefect.cache_policies import NO_CACHE
 
 from mmrag.config import ImageConfig, MmragConfig
 from mmrag.progress import Progress
-from pipelines import incremental, rows, store
-from pipelines.embed import Embedder, embed_in_batches
-from pipelines.summary import IndexSummary
+from mmrag.pipelines import incremental, rows, store
+from mmrag.pipelines.embed import Embedder, embed_in_batches
+from mmrag.pipelines.summary import IndexSummary
+from mmrag.pipelines.blip2_embedder import mean_pooled
 
 PIXELS = "pixels"
 TEXT_SURROGATE = "text_surrogate"
@@ -58,7 +59,6 @@ def pixel_batch(blobs: Sequence[bytes], embedder, image_cfg: ImageConfig, on_bat
     """Pixel vectors of ``blobs`` (BLIP-2-like embedders: the mean of the query vectors, and all of them)."""
     if not produces_multivectors(embedder):
         return PixelVectors(embedder.embed_image_bytes(blobs, image_cfg, on_batch=on_batch))
-    from pipelines.blip2_embedder import mean_pooled
 
     multi = embedder.embed_image_bytes_multi(blobs, image_cfg, on_batch=on_batch)
     return PixelVectors(mean_pooled(multi), list(multi))

@@ -16,11 +16,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from eval.evalset import load_evalset
-from eval.results import write_run
-from eval.run import EvalResult, new_run_id, run_evaluation
+from mmrag.eval.evalset import load_evalset
+from mmrag.eval.results import write_run
+from mmrag.eval.run import EvalResult, new_run_id, run_evaluation
 from mmrag.config import MmragConfig
-from pipelines.retrieve import Searcher
+from mmrag.pipelines.retrieve import Searcher
 
 
 def _as_task(name: str, fn, *args: Any, **kwargs: Any) -> Any:

@@ -17,11 +17,11 @@ from prefect.cache_policies import NO_CACHE
 
 from mmrag.config import ImageConfig, LlmConfig, MmragConfig
 from mmrag.progress import Progress
-from pipelines import generate, rows, store
-from pipelines.llm import make_backend
-from pipelines.llm.base import ChatBackend, LlmError
-from pipelines.ocr import OcrUnavailable, ocr_image, resolve_backend
-from pipelines.summary import IndexSummary
+from mmrag.pipelines import generate, rows, store
+from mmrag.pipelines.llm import make_backend
+from mmrag.pipelines.llm.base import ChatBackend, LlmError
+from mmrag.pipelines.ocr import OcrUnavailable, ocr_image, resolve_backend
+from mmrag.pipelines.summary import IndexSummary
 
 
 @task(name="ocr-images", cache_policy=NO_CACHE)

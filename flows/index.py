@@ -8,10 +8,10 @@ the batch size and an interrupted run keeps every batch it committed.
 Within a batch, rows are written in dependency order (image bytes, chunks, images, then the
 ``documents`` rows), so a document is never marked indexed without its chunks.
 
-Re-indexing is incremental (:mod:`pipelines.incremental`): unchanged pages skip parse, images and
+Re-indexing is incremental (:mod:`mmrag.pipelines.incremental`): unchanged pages skip parse, images and
 embed; new chunks reuse the stored vector of identical text; pages that are gone (404/410, or no
 longer listed by their sitemap/feed/list/folder) are retired by ``ops.gone_policy``. A run holds the
-database's write lock (:mod:`pipelines.guard`); ``ops.task_runner`` picks threads or Dask.
+database's write lock (:mod:`mmrag.pipelines.guard`); ``ops.task_runner`` picks threads or Dask.
 
 Images: with an embedder that embeds images (``clip``, ``blip2``), every image that decoded is
 embedded from its pixels (``vector_source = "pixels"``; BLIP-2 rows also keep all 32 query vectors
@@ -25,7 +25,7 @@ image that has no caption, once per distinct image, model and prompt (reused fro
 ``image_captions`` table); the caption is stored there with its provenance and in the row's
 ``generated_caption`` (the row's ``caption`` stays the page's own, empty), and added to the surrogate
 as "Generated caption: …". A backend that cannot caption stops the stage for the run, not the run.
-The embedding tasks are in :mod:`flows.embedding`, the OCR and caption stages in :mod:`flows.image_text`.
+The embedding tasks are in :mod:`mmrag.flows.embedding`, the OCR and caption stages in :mod:`mmrag.flows.image_text`.
 """
 
 from __future__ import annotations
@@ -44,20 +44,22 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.embedding import PIXELS, image_vectors, vectors_for
-from flows.image_text import CaptionState, OcrState, caption_missing_images, read_image_text, start_captioning, start_ocr
+from mmrag.flows.embedding import PIXELS, image_vectors, vectors_for
+from mmrag.flows.image_text import CaptionState, OcrState, caption_missing_images, read_image_text, start_captioning, start_ocr
 from mmrag.config import MmragConfig
 from mmrag.progress import Progress
 from mmrag.records import Chunk, FetchResult, ParsedDocument, sha256_hex
-from pipelines import generate, guard, incremental, rows, store
-from pipelines.chunk import chunk_document
-from pipelines.embed import Embedder, LazyEmbedder, load_now
-from pipelines.fetch import Fetcher
-from pipelines.images import inspect_image
-from pipelines.parse import parse_html
-from pipelines.rawstore import RawStore
-from pipelines.sources import PageTarget, expand_sources
-from pipelines.summary import IndexSummary
+from mmrag.pipelines import generate, guard, incremental, rows, store
+from mmrag.pipelines.chunk import chunk_document
+from mmrag.pipelines.embed import Embedder, LazyEmbedder, load_now
+from mmrag.pipelines.fetch import Fetcher
+from mmrag.pipelines.images import inspect_image
+from mmrag.pipelines.parse import parse_html
+from mmrag.pipelines.rawstore import RawStore
+from mmrag.pipelines.sources import PageTarget, expand_sources
+from mmrag.pipelines.summary import IndexSummary
+from mmrag.pipelines import maintenance
+from mmrag.flows.shared import SharedHandle
 
 FETCH_OK = {"ok", "not_modified"}
 
@@ -189,8 +191,8 @@ def index_flow(sources: list[str], config: MmragConfig | dict | None = None, run
     """Index ``sources`` into the LanceDB database of ``config.store.db_uri``; returns the summary dict.
 
     ``config`` may be a plain dict (deployment parameters) or None (defaults and ``MMRAG_*`` variables).
-    The run holds the database's write lock (:mod:`pipelines.guard`) from start to end; disk-full and
-    permission failures end it with a one-line :class:`~pipelines.guard.StoreWriteError`.
+    The run holds the database's write lock (:mod:`mmrag.pipelines.guard`) from start to end; disk-full and
+    permission failures end it with a one-line :class:`~mmrag.pipelines.guard.StoreWriteError`.
     """
     if not isinstance(config, MmragConfig):
         config = MmragConfig.model_validate(config or {})
@@ -241,12 +243,10 @@ def _index_run(sources: list[str], config: MmragConfig, run_id: str) -> dict:
     progress.stop()
 
     if config.ops.maintain_after_index:
-        from pipelines import maintenance
-
         with summary.timed("maintenance"):
             summary.maintenance = maintenance.run_maintenance(index_store, config.ops)
         logger.info("maintenance: %s", summary.maintenance)
-    written = [t for t in (store.DOCUMENTS, chunk_table, image_table, store.IMAGE_BLOBS, generate.IMAGE_CAPTIONS)
+    written = [t for t in (store.DOCUMENTS, chunk_table, image_table, store.IMAGE_BLOBS, store.IMAGE_CAPTIONS)
                if index_store.has_table(t)]
     summary.tables = index_store.tag_versions(f"index-{run_id}", written)
     summary.elapsed_s = round((datetime.now(timezone.utc) - started).total_seconds(), 3)
@@ -264,7 +264,6 @@ def _task_arguments(config: MmragConfig, fetcher: Fetcher, embedder: Embedder):
     """The fetcher and embedder as tasks get them: themselves on threads, picklable handles on Dask."""
     if config.ops.task_runner != "dask":
         return fetcher, embedder, []
-    from flows.shared import SharedHandle
 
     handles = [SharedHandle("fetcher", config, fetcher), SharedHandle("embedder", config, embedder)]
     return handles[0], handles[1], handles

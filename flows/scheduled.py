@@ -6,7 +6,7 @@ file path and dotted overrides rather than a config object, and build the config
 with the task runner ``ops.task_runner`` names.
 
 ``sweep-gate`` runs the ``sweep`` flow as a subflow, then gates its chosen setting (the sweep's run
-directory holds the best setting's run) against a baseline with :func:`eval.gate.check_gate`. It
+directory holds the best setting's run) against a baseline with :func:`mmrag.eval.gate.check_gate`. It
 publishes the gate as a table artifact (``gate-result``), a markdown artifact (``gate-summary``) and
 a link to the sweep's HTML report (``gate-report``), and raises :class:`GateFailed` when the gate
 fails, so the flow run ends Failed and Prefect's notifications on failed runs fire.
@@ -22,6 +22,13 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 
 from mmrag.config import load_config
+from mmrag.flows.index import run_index
+from mmrag.pipelines import guard, maintenance, store
+from mmrag.eval.gate import check_gate
+from mmrag.eval.results import load_run
+from mmrag.eval.gate import format_gate_table, gate_markdown, load_baseline, parse_metric_spec
+from mmrag.eval.sweep import load_grid, validate_grid
+from mmrag.flows.sweep import sweep_flow
 
 
 class GateFailed(RuntimeError):
@@ -35,8 +42,6 @@ def scheduled_index_flow(
     overrides: dict[str, Any] | None = None,
 ) -> dict:
     """Incrementally re-index ``sources`` (default ``ops.schedule_sources``); returns the index summary dict."""
-    from flows.index import run_index
-
     cfg = load_config(config_file, overrides or {})
     sources = list(sources or cfg.ops.schedule_sources)
     if not sources:
@@ -48,8 +53,6 @@ def scheduled_index_flow(
 @flow(name="maintain", log_prints=False)
 def maintain_flow(config_file: str | None = None, overrides: dict[str, Any] | None = None) -> dict:
     """Compact, clean up, index and GC the database of the config, holding its write lock; returns the report."""
-    from pipelines import guard, maintenance, store
-
     cfg = load_config(config_file, overrides or {})
     with guard.write_errors(cfg.store.db_uri), guard.write_lock(cfg.store.db_uri, cfg.ops.lock_timeout_s):
         report = maintenance.run_maintenance(store.IndexStore(cfg.store.db_uri), cfg.ops)
@@ -58,8 +61,6 @@ def maintain_flow(config_file: str | None = None, overrides: dict[str, Any] | No
 
 
 def _gate_run(run_dir: str, baseline: dict, metrics: list[str], eval_cfg: Any) -> Any:
-    from eval.gate import check_gate
-    from eval.results import load_run
 
     return check_gate(load_run(run_dir), baseline, metrics, tolerance=eval_cfg.tolerance, max_p=eval_cfg.max_p,
                       stat_test=eval_cfg.stat_test, n_permutations=eval_cfg.n_permutations,
@@ -86,9 +87,6 @@ def sweep_gate_flow(
     ``eval.tolerance``, ``store.db_uri``. Raises :class:`GateFailed` after publishing the artifacts
     when the gate fails; returns ``{"run_id", "run_dir", "report", "best_setting_id", "baseline", "gate"}``.
     """
-    from eval.gate import format_gate_table, gate_markdown, load_baseline, parse_metric_spec
-    from eval.sweep import load_grid, validate_grid
-    from flows.sweep import sweep_flow
 
     cfg = load_config(config_file, {**(overrides or {}), "store.db_uri": db, "eval.queries": queries,
                                     "eval.tolerance": tolerance})

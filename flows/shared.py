@@ -18,6 +18,9 @@ import uuid
 from typing import Any
 
 from mmrag.config import MmragConfig
+from mmrag.pipelines.fetch import Fetcher
+from mmrag.pipelines.rawstore import RawStore
+from mmrag.pipelines.embed import create_embedder
 
 _LIVE: dict[str, Any] = {}
 _LOCK = threading.Lock()
@@ -25,13 +28,9 @@ _LOCK = threading.Lock()
 
 def _build(kind: str, config: MmragConfig) -> Any:
     if kind == "fetcher":
-        from pipelines.fetch import Fetcher
-        from pipelines.rawstore import RawStore
 
         return Fetcher(config.fetch, RawStore(config.store.raw_dir))
     if kind == "embedder":
-        from pipelines.embed import create_embedder
-
         return create_embedder(config.embed)
     raise ValueError(f"unknown shared resource kind {kind!r}")
 

@@ -1,6 +1,6 @@
 """The ``sweep`` Prefect flow: evaluate a grid of retrieval settings, write one run directory and its report.
 
-Tasks: ``load-evalset``, ``sweep`` (:func:`eval.sweep.run_sweep`: tables built once per
+Tasks: ``load-evalset``, ``sweep`` (:func:`mmrag.eval.sweep.run_sweep`: tables built once per
 (embedder, chunking), queries embedded once per embedder), ``write-sweep`` and ``report``. The flow
 ends with a table artifact of every setting (``sweep-settings``), a markdown artifact with the
 best setting per metric and its significance (``sweep-summary``) and a link artifact to the HTML
@@ -16,9 +16,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from eval.evalset import load_evalset
-from eval.sweep import run_sweep, sweep_markdown, write_sweep
+from mmrag.eval.evalset import load_evalset
 from mmrag.config import MmragConfig
+from mmrag.eval.sweep import run_sweep, sweep_markdown, write_sweep
+from mmrag.flows.index import run_index
+from mmrag.pipelines.store import IndexStore
+from mmrag.reports.report import write_report
 
 
 def _task(name: str, fn, *args: Any, **kwargs: Any) -> Any:
@@ -26,9 +29,6 @@ def _task(name: str, fn, *args: Any, **kwargs: Any) -> Any:
 
 
 def _write_report(run_dir: Path, db_uri: str | None) -> Path:
-    # Not through eval.cli: imported first (a deployment run), it would import itself via mmrag.cli.
-    from reports.report import write_report
-
     return write_report(run_dir, db_uri=db_uri)
 
 
@@ -47,11 +47,14 @@ def sweep_flow(
         config = MmragConfig.model_validate(config or {})
     logger = get_run_logger()
     entries = _task("load-evalset", load_evalset, queries)
-    result = _task("sweep", run_sweep, entries, config, grid, queries_path=queries,
-                   sources=sources or ["data/sample/"], index=index, log=logger.info)
-    history_uri = config.eval.history_uri or config.store.db_uri
-    from pipelines.store import IndexStore
+    sources = sources or ["data/sample/"]
 
+    def index_group(group_config: MmragConfig, missing: bool) -> None:
+        run_index(sources, group_config)
+
+    result = _task("sweep", run_sweep, entries, config, grid, queries_path=queries,
+                   index_group=index_group, index=index, log=logger.info)
+    history_uri = config.eval.history_uri or config.store.db_uri
     run_dir = _task("write-sweep", write_sweep, result, out_dir or config.eval.out_dir, db_uri=config.store.db_uri,
                     index_store=IndexStore(config.store.db_uri), tag_versions=config.eval.tag_versions,
                     history_uri=history_uri)

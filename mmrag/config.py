@@ -20,7 +20,7 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field in one line."""
 
 
-#: LLM backends that can send images to a model (``pipelines.llm``); ``llamacpp`` is text-only.
+#: LLM backends that can send images to a model (``mmrag.pipelines.llm``); ``llamacpp`` is text-only.
 VISION_BACKENDS = ("ollama", "openai")
 
 

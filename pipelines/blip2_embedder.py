@@ -24,7 +24,7 @@ Two ways to compare a text with an image, and they differ:
 Face checkpoint does not carry the learned one, so softmax probabilities from it (zero-shot
 classification) are calibrated only roughly; their ranking is exact.
 
-Weights are found like CLIP's (:func:`pipelines.clip_embedder.locate_checkpoint`): ``--model-path``,
+Weights are found like CLIP's (:func:`mmrag.pipelines.clip_embedder.locate_checkpoint`): ``--model-path``,
 else the checkpoint in the local Hugging Face cache, never downloaded at run time.
 """
 
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmrag.config import EmbedConfig, ImageConfig
-from pipelines.clip_embedder import (
+from mmrag.pipelines.clip_embedder import (
     TextImageEmbedder,
     l2_normalised,
     load_failure,

@@ -9,7 +9,7 @@ float32, so every direction (text→text, text→image, image→image, image→t
 
 Weights are never fetched at run time: ``EmbedConfig.model_path`` (a directory), else
 ``EmbedConfig.checkpoint`` or :data:`DEFAULT_CHECKPOINT` looked up in the local Hugging Face
-cache. Missing weights fail at once with :class:`~pipelines.embed.EmbedderUnavailable` saying
+cache. Missing weights fail at once with :class:`~mmrag.pipelines.embed.EmbedderUnavailable` saying
 where we looked and how to provide them (``mmrag models pull clip --out DIR`` on a machine with
 network).
 
@@ -21,7 +21,7 @@ Images are decoded and preprocessed one batch ahead of the model in a worker thr
 (:func:`prefetch_batches`), so the model never waits for Pillow between batches.
 
 The checkpoint lookup, prefetching and batching helpers here are shared with
-:mod:`pipelines.blip2_embedder`. torch and transformers are imported only when an embedder is built.
+:mod:`mmrag.pipelines.blip2_embedder`. torch and transformers are imported only when an embedder is built.
 """
 
 from __future__ import annotations
@@ -205,8 +205,6 @@ def prefetch_batches(
 
 def decode_images(blobs: Sequence[bytes], image_cfg: ImageConfig, first_index: int = 0) -> list[Image.Image]:
     """RGB images from encoded bytes; a blob that does not decode raises ``ValueError("image N: reason")``."""
-    from pipelines.images import load_rgb
-
     images = []
     for offset, blob in enumerate(blobs):
         try:
@@ -408,16 +406,17 @@ class ClipEmbedder(TextImageEmbedder):
         return l2_normalised(_pooled(features))
 
 
-# Imported last on purpose: pipelines.embed imports this module (and blip2_embedder, which builds on
-# the definitions above) when it loads, so everything above must exist before pipelines.embed is
+# Imported last on purpose: mmrag.pipelines.embed imports this module (and blip2_embedder, which builds on
+# the definitions above) when it loads, so everything above must exist before mmrag.pipelines.embed is
 # first loaded from here. The functions above only use these names when called.
-from pipelines.embed import (  # noqa: E402
+from mmrag.pipelines.embed import (  # noqa: E402
     EmbedderSpec,
     EmbedderUnavailable,
     iter_batches,
     register_embedder,
     resolve_device,
 )
+from mmrag.pipelines.images import load_rgb
 
 
 def register_text_image_embedder(name: str, embedder_class: type, default_checkpoint: str, description: str) -> None:

@@ -66,6 +66,11 @@ def embedder_specs() -> list[EmbedderSpec]:
     return [_REGISTRY[name] for name in sorted(_REGISTRY)]
 
 
+def embedders_with(modality: str) -> list[str]:
+    """Names of the registered embedders that embed ``modality`` (``text`` / ``image``)."""
+    return [s.name for s in embedder_specs() if modality in s.modalities]
+
+
 def create_embedder(cfg: EmbedConfig) -> Embedder:
     """Build the embedder named by ``cfg.name``; unknown names get an error listing the known ones."""
     spec = _REGISTRY.get(cfg.name)
@@ -254,7 +259,7 @@ def _register_builtin_multimodal() -> None:
     """Register ``clip`` and ``blip2``; their modules import torch/transformers only when an embedder is built."""
     import importlib
 
-    for module in ("pipelines.clip_embedder", "pipelines.blip2_embedder"):
+    for module in ("mmrag.pipelines.clip_embedder", "mmrag.pipelines.blip2_embedder"):
         try:
             importlib.import_module(module)
         except ImportError:

@@ -29,7 +29,7 @@ import httpx
 
 from mmrag.config import FetchConfig
 from mmrag.records import FetchResult, sha256_hex
-from pipelines.rawstore import RawStore
+from mmrag.pipelines.rawstore import RawStore
 
 Kind = Literal["page", "image", "feed"]
 

@@ -15,11 +15,11 @@ then the instruction and the question. ``llm.prompt_template`` names a user temp
 
 Retrieval hits are duck-typed (:class:`HitLike`): anything with ``target`` (``text``/``image``),
 ``score``, ``doc_url``, ``article_title``, ``section``, ``text`` (for image hits the caption, as in
-``pipelines.retrieve.Hit``; a ``caption`` field wins when present), ``src_url`` and ``image_sha256``
+``mmrag.pipelines.retrieve.Hit``; a ``caption`` field wins when present), ``src_url`` and ``image_sha256``
 works; optional ``ocr_text`` and ``generated_caption`` are shown to text-only models. The default
 template shows a generated caption, marked as such, only where the image has no authored one.
 Side effects (the model call, reading image bytes, writing captions) happen only through a
-:class:`~pipelines.llm.base.ChatBackend` and an ``IndexStore`` handed in.
+:class:`~mmrag.pipelines.llm.base.ChatBackend` and an ``IndexStore`` handed in.
 """
 
 from __future__ import annotations
@@ -29,17 +29,27 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import jinja2
+import pyarrow as pa
 from jinja2.sandbox import SandboxedEnvironment
 
 from mmrag.config import ImageConfig, LlmConfig
+from mmrag.pipelines import ocr as ocr_module
+from mmrag.pipelines.llm.base import (
+    ChatBackend,
+    ChatMessage,
+    GenerationOptions,
+    ImageInput,
+    LlmError,
+    StreamEvent,
+    Usage,
+    collect,
+    images_as_text,
+)
+from mmrag.pipelines.store import IMAGE_BLOBS, IMAGE_CAPTIONS, IndexStore, image_captions_schema
 from mmrag.records import sha256_hex, stable_id
-from pipelines.llm.base import ChatBackend, ChatMessage, GenerationOptions, ImageInput, LlmError, StreamEvent, Usage, collect
-
-if TYPE_CHECKING:
-    from pipelines.store import IndexStore
 
 DEFAULT_PROMPT_TEMPLATE = """\
 Given the query "{{ question }}" and the following relevant snippets:
@@ -84,7 +94,7 @@ class PromptTemplateError(ValueError):
 
 
 class HitLike(Protocol):
-    """The fields of a retrieval hit that answering uses (``pipelines.retrieve.Hit`` has them)."""
+    """The fields of a retrieval hit that answering uses (``mmrag.pipelines.retrieve.Hit`` has them)."""
 
     target: str
     score: float
@@ -220,7 +230,7 @@ def _field(hit: Any, name: str, default: Any = "") -> Any:
 
 
 def _caption(hit: Any) -> str:
-    """An image hit's caption: its ``caption`` field, else its ``text`` (``pipelines.retrieve.Hit`` keeps it there)."""
+    """An image hit's caption: its ``caption`` field, else its ``text`` (``mmrag.pipelines.retrieve.Hit`` keeps it there)."""
     return _field(hit, "caption") or _field(hit, "text")
 
 
@@ -320,8 +330,6 @@ def read_query_image(path: str | Path, *, ocr: bool = False) -> ImageInput:
     mime = mimetypes.guess_type(path.name)[0] or "image/png"
     ocr_text = ""
     if ocr:
-        from pipelines import ocr as ocr_module
-
         if ocr_module.ocr_available():
             try:
                 ocr_text = ocr_module.ocr_image(data)
@@ -330,10 +338,8 @@ def read_query_image(path: str | Path, *, ocr: bool = False) -> ImageInput:
     return ImageInput(data=data, mime_type=mime, label=str(path), ocr_text=ocr_text, score=float("inf"))
 
 
-def load_image_blobs(store: "IndexStore", sha256s: Iterable[str]) -> dict[str, tuple[bytes, str]]:
+def load_image_blobs(store: IndexStore, sha256s: Iterable[str]) -> dict[str, tuple[bytes, str]]:
     """Image bytes and MIME type by sha256 from ``image_blobs`` (the PNG rendering for SVGs); missing ones are left out."""
-    from pipelines.store import IMAGE_BLOBS
-
     wanted = [s for s in dict.fromkeys(sha256s) if s]
     if not wanted or not store.has_table(IMAGE_BLOBS):
         return {}
@@ -387,8 +393,6 @@ def generate_with_images(backend: ChatBackend, messages: Sequence[ChatMessage], 
         yield from backend.generate(messages, (), stream=stream, options=options)
         return
     if not (config.send_images and backend.supports_images):
-        from pipelines.llm.base import images_as_text
-
         last = len(messages) - 1
         described = [*messages[:last], ChatMessage(messages[last].role, messages[last].content + "\n\n" + images_as_text(images))]
         yield from backend.generate(described, (), stream=stream, options=options)
@@ -440,27 +444,6 @@ def answer_events(question: str, hits: Sequence[HitLike], backend: ChatBackend, 
 
 
 # -- caption enrichment -----------------------------------------------------------------------
-
-IMAGE_CAPTIONS = "image_captions"
-
-
-def image_captions_schema():
-    """Schema of the ``image_captions`` side table: generated captions keyed by image content, model and prompt."""
-    import pyarrow as pa
-
-    return pa.schema([
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("image_sha256", pa.string(), nullable=False),
-        pa.field("caption", pa.string()),
-        pa.field("backend", pa.string()),
-        pa.field("model", pa.string()),
-        pa.field("prompt", pa.string()),
-        pa.field("prompt_sha256", pa.string()),
-        pa.field("completion_tokens", pa.int32()),
-        pa.field("seconds", pa.float64()),
-        pa.field("created_at", pa.timestamp("us", tz="UTC")),
-    ])
-
 
 #: Backend failures that mean no image can be captioned (as opposed to one image failing).
 FATAL_CAPTION_ERRORS = ("unreachable", "model_not_found", "images_rejected", "runtime_missing", "bad_spec")
@@ -516,14 +499,12 @@ def caption_images(backend: ChatBackend, blobs: dict[str, tuple[bytes, str]], pr
     return batch
 
 
-def store_captions(store: "IndexStore", rows: Sequence[dict[str, Any]]) -> int:
+def store_captions(store: IndexStore, rows: Sequence[dict[str, Any]]) -> int:
     """Write generated-caption rows (from :func:`caption_images`) to the ``image_captions`` table; returns how many."""
-    import pyarrow as pa
-
     return store.upsert(IMAGE_CAPTIONS, pa.Table.from_pylist(list(rows), schema=image_captions_schema()))
 
 
-def stored_captions(store: "IndexStore", sha256s: Iterable[str], model: str, prompt: str) -> dict[str, str]:
+def stored_captions(store: IndexStore, sha256s: Iterable[str], model: str, prompt: str) -> dict[str, str]:
     """Captions already generated for ``sha256s`` by exactly ``model`` with exactly ``prompt``, by sha256."""
     ids = {caption_id(sha, model, prompt): sha for sha in dict.fromkeys(sha256s) if sha}
     if not ids or not store.has_table(IMAGE_CAPTIONS):
@@ -544,7 +525,7 @@ class EnrichSummary:
     errors: list[str] = field(default_factory=list)
 
 
-def enrich_captions(store: "IndexStore", image_table: str, backend: ChatBackend, *, prompt: str | None = None,
+def enrich_captions(store: IndexStore, image_table: str, backend: ChatBackend, *, prompt: str | None = None,
                     limit: int | None = None, max_tokens: int = 96, temperature: float = 0.0) -> EnrichSummary:
     """Caption images of ``image_table`` that have none (``caption_missing``) with a vision ``backend``.
 
@@ -559,9 +540,8 @@ def enrich_captions(store: "IndexStore", image_table: str, backend: ChatBackend,
         raise LlmError("images_rejected", f"caption enrichment needs a vision model; {backend.name}:{backend.model} is text only")
     prompt = prompt or ImageConfig().caption_prompt
     summary = EnrichSummary()
-    table = store.open_table(image_table)
-    rows = table.to_lance().to_table(columns=["image_sha256", "caption_missing", "status"],
-                                     filter="caption_missing = true AND image_sha256 IS NOT NULL").to_pylist()
+    rows = store.read_table(image_table, ["image_sha256", "caption_missing", "status"],
+                            where="caption_missing = true AND image_sha256 IS NOT NULL").to_pylist()
     shas = list(dict.fromkeys(r["image_sha256"] for r in rows if r["image_sha256"] and r.get("status") in (None, "ok")))
     summary.candidates = len(shas)
     done = stored_captions(store, shas, backend.model, prompt)
@@ -583,7 +563,7 @@ def enrich_captions(store: "IndexStore", image_table: str, backend: ChatBackend,
     return summary
 
 
-def generated_captions(store: "IndexStore", sha256s: Iterable[str], model: str | None = None) -> dict[str, str]:
+def generated_captions(store: IndexStore, sha256s: Iterable[str], model: str | None = None) -> dict[str, str]:
     """Generated captions by image sha256 (the newest, of ``model`` when given), for the image text surrogate."""
     if not store.has_table(IMAGE_CAPTIONS):
         return {}

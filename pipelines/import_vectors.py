@@ -39,8 +39,9 @@ import pyarrow as pa
 
 from mmrag.config import ImageConfig
 from mmrag.records import Chunk, ImageRef
-from pipelines import rows as row_builders
-from pipelines.store import IMAGE_BLOBS, IndexStore, chunks_table_name, images_table_name
+from mmrag.pipelines import rows as row_builders
+from mmrag.pipelines.store import IMAGE_BLOBS, IndexStore, chunks_table_name, images_table_name
+from mmrag.pipelines.images import inspect_image
 
 DEFAULT_CHUNKING_KEY = "paragraph"
 
@@ -170,8 +171,6 @@ def image_occurrences(
     records: list[dict[str, Any]], *, images_root: Path | None, image_cfg: ImageConfig, max_image_bytes: int
 ) -> list[row_builders.ImageOccurrence]:
     """Image occurrences of image records, with bytes verified when the file exists under ``images_root``."""
-    from pipelines.images import inspect_image
-
     positions: Counter[str] = Counter()
     occurrences = []
     for number, record in enumerate(records):

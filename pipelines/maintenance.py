@@ -25,7 +25,7 @@ from datetime import timedelta
 from typing import Any
 
 from mmrag.config import OpsConfig
-from pipelines import store
+from mmrag.pipelines import store
 
 
 def gc_image_blobs(index_store: store.IndexStore) -> int:

@@ -30,6 +30,7 @@ import threading
 from typing import TYPE_CHECKING, Literal
 
 from mmrag.config import ImageConfig
+from mmrag.pipelines.images import load_rgb
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -105,8 +106,6 @@ def ocr_image(
     """
     engine = resolve_backend(backend)
     if isinstance(image, (bytes, bytearray, memoryview)):
-        from pipelines.images import load_rgb
-
         rgb = load_rgb(bytes(image), image_cfg or ImageConfig())
     else:
         rgb = image if image.mode == "RGB" else image.convert("RGB")

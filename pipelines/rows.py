@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 
 from mmrag.records import Chunk, FetchResult, ImageInfo, ImageRef, ParsedDocument, join_section_path, sha256_hex, stable_id
-from pipelines import store
-from pipelines.embed import image_text_surrogate
+from mmrag.pipelines import store
+from mmrag.pipelines.embed import image_text_surrogate
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ A source is one of (see :func:`classify_source`):
 * ``directory`` a local directory, searched recursively for ``.html``/``.htm`` files.
 
 The parsers are pure; :func:`expand_sources` is the one function doing I/O (through a
-:class:`~pipelines.fetch.Fetcher`).
+:class:`~mmrag.pipelines.fetch.Fetcher`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from urllib.request import url2pathname
 import feedparser
 from lxml import etree
 
-from pipelines.fetch import Fetcher, url_problem
+from mmrag.pipelines.fetch import Fetcher, url_problem
 
 SourceKind = Literal["url", "sitemap", "feed", "url_list", "html_file", "directory"]
 

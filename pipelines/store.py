@@ -10,9 +10,15 @@ Tables (one database at a URI):
   embedding of an image in ``vector_multi``.
 - ``image_blobs``: image bytes and thumbnails, once per distinct content (sha256).
 - ``image_captions``: captions a vision model generated (caption enrichment), one row per image
-  sha256, model and prompt, with that provenance (``pipelines.generate``); an image row keeps the
+  sha256, model and prompt, with that provenance (``mmrag.pipelines.generate``); an image row keeps the
   one it uses in ``generated_caption``, apart from the page's own ``caption``.
 - ``runs``: one row per index run: config, summary and the table versions it produced.
+- ``eval_history``: one row per eval run (metrics, fingerprints, setting), in the index database or
+  the one ``eval.history_uri`` names; new metric columns are added as they appear.
+
+This module is the one storage gateway: every table's name rule and schema, opening a database
+(:func:`open_existing` refuses a missing one), reading pinned versions and tags. Nothing else in
+mmrag calls ``lancedb.connect``.
 
 Writes are ``merge_insert`` upserts keyed by ``id`` (``sha256`` for blobs), so reruns are idempotent.
 
@@ -37,6 +43,8 @@ import pyarrow.parquet as pq
 DOCUMENTS = "documents"
 IMAGE_BLOBS = "image_blobs"
 RUNS = "runs"
+IMAGE_CAPTIONS = "image_captions"
+EVAL_HISTORY = "eval_history"
 #: Column of the per-image query embeddings in ``images__blip2`` tables (see :func:`images_schema`).
 MULTIVECTOR = "vector_multi"
 IN_LIST_BATCH = 500
@@ -50,6 +58,29 @@ def chunks_table_name(embedder: str, chunking_key: str) -> str:
 def images_table_name(embedder: str) -> str:
     """Name of the image table for one embedder."""
     return f"images__{embedder}"
+
+
+def content_table_name(target: str, embedder: str, chunking_key: str) -> str:
+    """The table a search ``target`` (``text`` / ``images``) reads for one embedder and chunking setting."""
+    return chunks_table_name(embedder, chunking_key) if target == "text" else images_table_name(embedder)
+
+
+def database_exists(db_uri: str) -> bool:
+    """Whether a database is at ``db_uri``: a local directory that exists, or any remote URI (checked on use)."""
+    if "://" in db_uri and not db_uri.startswith("file://"):
+        return True
+    return Path(db_uri.removeprefix("file://")).is_dir()
+
+
+def open_existing(db_uri: str) -> "IndexStore":
+    """The database at ``db_uri``; raises ``FileNotFoundError`` (one line, says what to run) when there is none.
+
+    Readers (search, eval, reports, status) use this so that a mistyped ``--db`` is an error instead
+    of a new empty database.
+    """
+    if not database_exists(db_uri):
+        raise FileNotFoundError(f"no database at {db_uri} (run `mmrag index SOURCE…` first)")
+    return IndexStore(db_uri)
 
 
 def column_index(table, column: str = "vector"):
@@ -236,6 +267,19 @@ class IndexStore:
         if not self.has_table(name):
             raise ValueError(f"no table {name!r} in {self.db_uri}; tables: {', '.join(self.table_names()) or '(none)'}")
         return self.db.open_table(name)
+
+    def open_version(self, name: str, version: int | str | None = None):
+        """Table ``name`` checked out at ``version`` (a number or a tag; None: the latest), read-only when pinned."""
+        table = self.open_table(name)
+        if version is not None:
+            table.checkout(int(version) if str(version).isdigit() else version)
+        return table
+
+    def read_table(self, name: str, columns: Sequence[str] | None = None, where: str | None = None,
+                   version: int | str | None = None) -> pa.Table:
+        """Rows of ``name`` (only ``columns``; those matching the SQL ``where``), at ``version`` when given."""
+        return self.open_version(name, version).to_lance().to_table(columns=list(columns) if columns else None,
+                                                                    filter=where)
 
     def ensure_table(self, name: str, schema: pa.Schema):
         """Open table ``name``, creating it empty with ``schema`` when absent (an existing table keeps its own schema)."""
@@ -506,10 +550,65 @@ class IndexStore:
         out.mkdir(parents=True, exist_ok=True)
         written = {}
         for name in names or self.table_names():
-            table = self.open_table(name)
-            if version is not None:
-                table.checkout(int(version) if str(version).isdigit() else version)
+            table = self.open_version(name, version)
             path = out / f"{name}.parquet"
             pq.write_table(table.to_arrow(), path)
             written[name] = path
         return written
+
+    # -- eval history ---------------------------------------------------------------------
+
+    def append_history(self, row: Mapping[str, Any], column_types: Mapping[str, pa.DataType] | None = None) -> None:
+        """Append ``row`` to ``eval_history``, adding any new columns (older rows read null for them);
+        ``column_types`` gives the type of columns :func:`eval_history_schema` would not guess."""
+        schema = eval_history_schema(row, column_types)
+        table = self.ensure_table(EVAL_HISTORY, schema)
+        missing = [f for f in schema if f.name not in table.schema.names]
+        if missing:
+            table.add_columns(pa.schema(missing))
+        record = {name: row.get(name) for name in table.schema.names}
+        table.add(pa.Table.from_pylist([record], schema=table.schema))
+
+    def read_history(self) -> pa.Table | None:
+        """The whole ``eval_history`` table, or None when no eval run was recorded."""
+        return self.db.open_table(EVAL_HISTORY).to_arrow() if self.has_table(EVAL_HISTORY) else None
+
+
+def image_captions_schema() -> pa.Schema:
+    """``image_captions``: one generated caption per (image sha256, model, prompt), with its provenance."""
+    return pa.schema([
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("image_sha256", pa.string(), nullable=False),
+        pa.field("caption", pa.string()),
+        pa.field("backend", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("prompt", pa.string()),
+        pa.field("prompt_sha256", pa.string()),
+        pa.field("completion_tokens", pa.int32()),
+        pa.field("seconds", pa.float64()),
+        pa.field("created_at", pa.timestamp("us", tz="UTC")),
+    ])
+
+
+#: ``eval_history`` columns that are strings, not float metrics
+_HISTORY_STRING_COLUMNS = ("run_id", "commit", "corpus_fingerprint", "evalset_fingerprint", "db_uri", "queries_path",
+                           "run_dir", "setting_json")
+
+
+def eval_history_schema(row: Mapping[str, Any], column_types: Mapping[str, pa.DataType] | None = None) -> pa.Schema:
+    """The ``eval_history`` fields of ``row``'s columns: ``created_at`` a timestamp, ids and paths strings,
+    ``n_<target>_queries`` integers, ``column_types`` as given, every other column a float metric."""
+    types = dict(column_types or {})
+
+    def history_field(name: str) -> pa.Field:
+        if name == "created_at":
+            return pa.field(name, pa.timestamp("us", tz="UTC"))
+        if name in types:
+            return pa.field(name, types[name])
+        if name.startswith("n_") and name.endswith("_queries"):
+            return pa.field(name, pa.int64())
+        if name in _HISTORY_STRING_COLUMNS:
+            return pa.field(name, pa.string())
+        return pa.field(name, pa.float64())
+
+    return pa.schema([history_field(name) for name in row])

@@ -25,6 +25,11 @@ from typing import Any
 
 import jinja2
 import pyarrow.parquet as pq
+from markupsafe import Markup
+
+from mmrag.eval.results import load_run, read_history
+from mmrag.eval.significance import compare_per_query
+from mmrag.pipelines.store import DOCUMENTS, IMAGE_BLOBS, IndexStore, database_exists, open_existing
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE_NAME = "report.html.j2"
@@ -42,62 +47,41 @@ def _read_json(path: Path, default: Any = None) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else default
 
 
-def _open_db(db_uri: str | None):
-    if not db_uri:
+def _open_db(db_uri: str | None) -> IndexStore | None:
+    """The index database, or None when there is none: a report without the index still renders."""
+    if not db_uri or not database_exists(db_uri):
         return None
-    if "://" not in db_uri and not Path(db_uri).is_dir():
-        return None
-    import lancedb
-
     try:
-        return lancedb.connect(db_uri)
-    except Exception:  # noqa: BLE001 - a report without the index still renders
+        return open_existing(db_uri)
+    except Exception:  # noqa: BLE001 - an unreadable database leaves its sections out of the report
         return None
-
-
-def _has_table(db, name: str) -> bool:
-    try:
-        return name in db.list_tables().tables
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def _sql_list(values: Sequence[str]) -> str:
-    return ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
 
 
 def load_thumbnails(db_uri: str | None, sha256s: Sequence[str]) -> dict[str, str]:
     """``{sha256: data:image/png;base64,…}`` of the thumbnails in ``image_blobs`` (missing ones left out)."""
     wanted = sorted({s for s in sha256s if s})
-    db = _open_db(db_uri)
-    if not wanted or db is None or not _has_table(db, "image_blobs"):
+    store = _open_db(db_uri)
+    if not wanted or store is None:
         return {}
-    table = db.open_table("image_blobs").to_lance()
-    out: dict[str, str] = {}
-    for i in range(0, len(wanted), 200):
-        rows = table.to_table(columns=["sha256", "thumbnail_png"], filter=f"sha256 IN ({_sql_list(wanted[i:i + 200])})").to_pylist()
-        for row in rows:
-            if row.get("thumbnail_png"):
-                out[row["sha256"]] = "data:image/png;base64," + base64.b64encode(row["thumbnail_png"]).decode("ascii")
-    return out
+    rows = store.read_where(IMAGE_BLOBS, ["sha256", "thumbnail_png"], "sha256", wanted).to_pylist()
+    return {row["sha256"]: "data:image/png;base64," + base64.b64encode(row["thumbnail_png"]).decode("ascii")
+            for row in rows if row.get("thumbnail_png")}
 
 
 def load_failures(db_uri: str | None, image_table: str | None = None, *, limit: int = 500) -> list[dict[str, Any]]:
     """The index's failures: ``documents`` rows with status other than ok/not_modified/gone, and failed image rows."""
-    db = _open_db(db_uri)
-    if db is None:
+    store = _open_db(db_uri)
+    if store is None:
         return []
     out: list[dict[str, Any]] = []
-    if _has_table(db, "documents"):
-        rows = db.open_table("documents").to_lance().to_table(
-            columns=["url", "status", "error", "http_status"], filter="status NOT IN ('ok', 'not_modified', 'gone')"
-        ).to_pylist()
+    if store.has_table(DOCUMENTS):
+        rows = store.read_table(DOCUMENTS, ["url", "status", "error", "http_status"],
+                                where="status NOT IN ('ok', 'not_modified', 'gone')").to_pylist()
         out += [{"kind": "document", "url": r["url"], "status": r["status"], "error": r.get("error") or "",
                  "http_status": r.get("http_status")} for r in rows]
-    if image_table and _has_table(db, image_table):
-        rows = db.open_table(image_table).to_lance().to_table(
-            columns=["doc_url", "src_url", "status", "error", "http_status"], filter="status IS NOT NULL AND status != 'ok'"
-        ).to_pylist()
+    if image_table and store.has_table(image_table):
+        rows = store.read_table(image_table, ["doc_url", "src_url", "status", "error", "http_status"],
+                                where="status IS NOT NULL AND status != 'ok'").to_pylist()
         out += [{"kind": "image", "url": r.get("src_url") or "", "doc_url": r["doc_url"], "status": r["status"],
                  "error": r.get("error") or "", "http_status": r.get("http_status")} for r in rows]
     return out[:limit]
@@ -107,8 +91,6 @@ def load_history(history_uri: str | None) -> list[dict[str, Any]]:
     """``eval_history`` rows (oldest first) as plain dicts; empty when there is none."""
     if not history_uri:
         return []
-    from eval.results import read_history
-
     try:
         frame = read_history(history_uri)
     except Exception:  # noqa: BLE001 - the history is optional in a report
@@ -127,7 +109,6 @@ def collect_report_data(
     max_queries: int = 500,
 ) -> dict[str, Any]:
     """Everything the report shows, read from ``run_dir`` (and the index at ``db_uri``, default the run's)."""
-    from eval.results import load_run
 
     record = load_run(run_dir)
     path = record.path
@@ -190,9 +171,8 @@ def metric_table(
 ) -> dict[str, Any]:
     """Rows ``{target, kind, n_queries, cells: [{metric, value, delta, p_value, marker}]}`` of the overall aggregates.
 
-    With ``baseline_per_query`` each overall cell carries the paired test (eval.significance) against it.
+    With ``baseline_per_query`` each overall cell carries the paired test (mmrag.eval.significance) against it.
     """
-    from eval.significance import compare_per_query
 
     tests: dict[tuple[str, str], dict[str, Any]] = {}
     if baseline_per_query:
@@ -375,7 +355,6 @@ def template_environment() -> jinja2.Environment:
 
 def render_report(data: Mapping[str, Any], *, plotly_js: str | None = None) -> str:
     """The report HTML of ``data`` (from :func:`collect_report_data`); ``plotly_js`` defaults to Plotly's bundled script."""
-    from markupsafe import Markup
 
     manifest = data["manifest"]
     metrics = [m for m in SHOW_METRICS if m in manifest.get("metrics", [])] or list(manifest.get("metrics", []))[:8]

@@ -32,6 +32,6 @@ def prefect_harness():
 def minilm():
     """The real offline MiniLM embedder, loaded once."""
     from mmrag.config import EmbedConfig
-    from pipelines.embed import create_embedder
+    from mmrag.pipelines.embed import create_embedder
 
     return create_embedder(EmbedConfig(name="minilm"))

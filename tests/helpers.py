@@ -96,8 +96,8 @@ def embedded_llm_cache() -> str:
     import os
 
     pytest.importorskip("xllamacpp", reason="the llamacpp runtime is installed by the [llm] extra")
-    from pipelines.llm.base import LlmError
-    from pipelines.llm.gguf import GGUF_MODELS, locate_parts
+    from mmrag.pipelines.llm.base import LlmError
+    from mmrag.pipelines.llm.gguf import GGUF_MODELS, locate_parts
 
     try:
         locate_parts(GGUF_MODELS["qwen2.5-coder-0.5b"])
@@ -108,7 +108,7 @@ def embedded_llm_cache() -> str:
 
 def image_rows_by_file_name(cfg, embedder: str = "minilm") -> dict[str, dict]:
     """The rows of ``cfg``'s images table for ``embedder``, keyed by the last path part of ``src_url``."""
-    from pipelines import store
+    from mmrag.pipelines import store
 
     rows = store.IndexStore(cfg.store.db_uri).open_table(store.images_table_name(embedder)).to_arrow().to_pylist()
     return {r["src_url"].rsplit("/", 1)[-1]: r for r in rows}

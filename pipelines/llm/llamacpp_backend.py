@@ -1,7 +1,7 @@
 """The ``llamacpp`` backend: a GGUF model run in process by llama.cpp (the ``xllamacpp`` runtime), fully offline.
 
 The default model is Qwen2.5-Coder-0.5B-Instruct Q4_K_M, assembled from its PyPI part packages by
-:mod:`pipelines.llm.gguf` into ``llm.cache_dir``.
+:mod:`mmrag.pipelines.llm.gguf` into ``llm.cache_dir``.
 
 Runtime: ``xllamacpp`` (prebuilt CPU wheel, 32 MB, installs in ~2 s) rather than
 ``llama-cpp-python`` (compiles llama.cpp from its sdist: ~5-6 min of both cores here, and needs cmake
@@ -13,7 +13,7 @@ llama-cpp-python's native build (AVX-512; xllamacpp's wheel targets AVX2) answer
 2-core box llama.cpp's threads spin at barriers, so ``llm.n_threads=1`` can be faster there.
 
 The model is text only: images reach it as words (caption, OCR text) rendered into the prompt by
-:func:`pipelines.llm.base.images_as_text`. A loaded model is kept per process (keyed by file,
+:func:`mmrag.pipelines.llm.base.images_as_text`. A loaded model is kept per process (keyed by file,
 context size and threads), so repeated questions pay the load once.
 """
 
@@ -31,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pipelines.llm.base import (
+from mmrag.pipelines.llm.base import (
     DEFAULT_OPTIONS,
     ChatMessage,
     GenerationOptions,
@@ -46,7 +46,7 @@ from pipelines.llm.base import (
     images_as_text,
     last_user_index,
 )
-from pipelines.llm.gguf import resolve_gguf
+from mmrag.pipelines.llm.gguf import resolve_gguf
 
 _SERVERS: dict[tuple[str, int, int], tuple[Any, float]] = {}
 _SERVERS_LOCK = threading.Lock()

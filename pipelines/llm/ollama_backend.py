@@ -2,7 +2,7 @@
 
 Host: ``llm.ollama_host``, else ``OLLAMA_HOST``, else ``http://127.0.0.1:11434``. Images go as raw
 bytes on the last user message (the client base64-encodes them). Every failure becomes an
-:class:`~pipelines.llm.base.LlmError`; :func:`pull_ollama_model` and :func:`list_ollama_models`
+:class:`~mmrag.pipelines.llm.base.LlmError`; :func:`pull_ollama_model` and :func:`list_ollama_models`
 serve ``mmrag llm pull|list``.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from pipelines.llm.base import (
+from mmrag.pipelines.llm.base import (
     DEFAULT_OPTIONS,
     ChatMessage,
     GenerationOptions,

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from pipelines.llm.base import (
+from mmrag.pipelines.llm.base import (
     DEFAULT_OPTIONS,
     ChatMessage,
     GenerationOptions,

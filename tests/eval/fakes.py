@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from eval.evalset import EvalEntry, evalset_fingerprint
-from eval.metrics import aggregate_rows, metric_names
-from eval.run import EvalResult
+from mmrag.eval.evalset import EvalEntry, evalset_fingerprint
+from mmrag.eval.metrics import aggregate_rows, metric_names
+from mmrag.eval.run import EvalResult
 
 METRICS = metric_names([1, 5, 10])
 

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from eval.answer_metrics import context_scores, reference_scores, semantic_similarities
-from eval.answers import ANSWER_COLUMNS, answer_run_dir, answer_summary
-from eval.results import write_run
+from mmrag.eval.answer_metrics import context_scores, reference_scores, semantic_similarities
+from mmrag.eval.answers import ANSWER_COLUMNS, answer_run_dir, answer_summary
+from mmrag.eval.results import write_run
 from mmrag.config import MmragConfig
-from pipelines.llm.base import LlmError, Usage
+from mmrag.pipelines.llm.base import LlmError, Usage
 
 from tests.fake_llm_server import FakeModel, serve_fake_llm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fakes import fake_result  # noqa: E402
+from tests.eval.fakes import fake_result
 
 ANSWER = "Reciprocal rank fusion uses the constant k = 60."
 REFERENCE = "RRF adds 1/(k + rank) for every list. It uses the constant k = 60 and ignores raw scores."
@@ -87,7 +85,7 @@ class FakeBackend:
 def test_answers_are_scored_and_failures_are_kept(tmp_path, monkeypatch):
     result = fake_result([1.0, 0.0, 1.0])
     run_dir = write_run(result, tmp_path, tag_versions=False)
-    monkeypatch.setattr("pipelines.llm.make_backend", lambda cfg, spec: FakeBackend(fail_on="question 1"))
+    monkeypatch.setattr("mmrag.eval.answers.make_backend", lambda cfg, spec: FakeBackend(fail_on="question 1"))
 
     rows = answer_run_dir(run_dir, result.entries, MmragConfig(), ["fake:m"], embed=lambda t: np.ones((len(t), 3)))
     table = pq.read_table(run_dir / "answers.parquet")
@@ -114,7 +112,7 @@ def test_an_unavailable_backend_records_one_failed_row_per_query(tmp_path, monke
     def boom(cfg, spec):
         raise LlmError("unreachable", "ollama: connection refused")
 
-    monkeypatch.setattr("pipelines.llm.make_backend", boom)
+    monkeypatch.setattr("mmrag.eval.answers.make_backend", boom)
     rows = answer_run_dir(run_dir, result.entries, MmragConfig(), ["ollama:llama3.2-vision"], limit=1)
     assert len(rows) == 1 and rows[0]["error"].endswith("connection refused")
     assert rows[0]["context_recall"] is None  # nothing was given to a model: no context scores
@@ -123,12 +121,12 @@ def test_an_unavailable_backend_records_one_failed_row_per_query(tmp_path, monke
 
 def test_judged_answers_get_the_contexts_their_model_was_given(tmp_path, monkeypatch, minilm):
     """End to end with a judge behind the loopback OpenAI-compatible fake: what the judge saw, and the columns written."""
-    from eval.judge import JudgeSpec
+    from mmrag.eval.judge import JudgeSpec
 
     result = fake_result([1.0, 0.0])
     result.hits[0]["text"] = "RRF uses the constant k = 60."
     run_dir = write_run(result, tmp_path, tag_versions=False)
-    monkeypatch.setattr("pipelines.llm.make_backend", lambda cfg, spec: FakeBackend(fail_on="question 1"))
+    monkeypatch.setattr("mmrag.eval.answers.make_backend", lambda cfg, spec: FakeBackend(fail_on="question 1"))
     verdicts = {"statements": [{"statement": "k is 60.", "reason": "stated", "verdict": 1}]}
     with serve_fake_llm({"judge": FakeModel()}) as fake:
         fake.reply_for = lambda model, messages: json.dumps(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from eval.derive import derive_entries, image_label_path, unique_suffix
-from eval.labels import build_corpus, label_entry
+from mmrag.eval.derive import derive_entries, image_label_path, unique_suffix
+from mmrag.eval.labels import build_corpus, label_entry
 
 A = "file:///clone/data/sample/a.html"
 B = "file:///clone/data/sample/b.html"

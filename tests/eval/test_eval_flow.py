@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from eval.evalset import load_evalset
-from eval.results import read_history, write_run
-from eval.run import run_evaluation
-from flows.index import run_index
+from mmrag.eval.evalset import load_evalset
+from mmrag.eval.results import read_history, write_run
+from mmrag.eval.run import run_evaluation
+from mmrag.flows.index import run_index
 from mmrag.cli import app
 from mmrag.config import load_config
-from pipelines.retrieve import Searcher
-from pipelines.store import IndexStore
+from mmrag.pipelines.retrieve import Searcher
+from mmrag.pipelines.store import IndexStore
 from tests.helpers import REPO_ROOT, SAMPLE_DIR
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from eval.evalset import EvalSetError, dump_evalset, evalset_fingerprint, load_evalset, parse_evalset
+from mmrag.eval.evalset import EvalSetError, dump_evalset, evalset_fingerprint, load_evalset, parse_evalset
 from tests.helpers import REPO_ROOT
 
 GOOD = {

@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from eval.gate import FingerprintMismatch, GateError, check_gate, classify, make_baseline, parse_metric_spec
-from eval.results import load_run, write_run
+from mmrag.eval.gate import FingerprintMismatch, GateError, check_gate, classify, make_baseline, parse_metric_spec
+from mmrag.eval.results import load_run, write_run
 from mmrag.cli import app
 from tests.eval.fakes import fake_result
 

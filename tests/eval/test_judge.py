@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import pytest
 from PIL import Image
 
-from eval.judge import JUDGE_COLUMNS, JudgeSpec, judge_rows, parse_judge_spec
+from mmrag.eval.judge import JUDGE_COLUMNS, JudgeSpec, judge_rows, parse_judge_spec
 from mmrag.config import EvalConfig, LlmConfig
-from pipelines.llm.base import LlmError
+from mmrag.pipelines.llm.base import LlmError
 from tests.fake_llm_server import FakeModel, decoded_images, serve_fake_llm, unused_port
 
 QUESTION = "What constant does reciprocal rank fusion use?"
@@ -169,7 +169,7 @@ def test_an_embedded_judge_that_cannot_start_marks_every_answer(minilm, tmp_path
 @pytest.mark.slow
 def test_the_embedded_model_served_on_loopback_judges_for_real(minilm):
     """Qwen2.5-Coder 0.5B through llama.cpp's own HTTP server: values in [0, 1] or recorded failures; server gone after."""
-    from eval.answers import llamacpp_ready
+    from mmrag.eval.answers import llamacpp_ready
 
     llm = LlmConfig(n_threads=1)
     reason = llamacpp_ready(__import__("mmrag.config").config.MmragConfig(llm=llm), "qwen2.5-coder-0.5b")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from eval.evalset import EvalEntry, ImageLabel, TextLabel
-from eval.labels import (
+from mmrag.eval.evalset import EvalEntry, ImageLabel, TextLabel
+from mmrag.eval.labels import (
     build_corpus,
     find_spans,
     holds_half,

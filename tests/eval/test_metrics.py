@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eval.metrics import aggregate_rows, metric_names, per_query_rows, score_queries, summary_view
+from mmrag.eval.metrics import aggregate_rows, metric_names, per_query_rows, score_queries, summary_view
 
 pytestmark = pytest.mark.slow  # ranx compiles its numba kernels on first use
 

@@ -6,7 +6,7 @@ import json
 
 import pyarrow.parquet as pq
 
-from eval.results import corpus_fingerprint, git_commit, load_ranx, load_run, read_history, write_run
+from mmrag.eval.results import corpus_fingerprint, git_commit, load_ranx, load_run, read_history, write_run
 from tests.eval.fakes import fake_result
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eval.significance import compare_per_query, compare_ranked, paired_p_value
+from mmrag.eval.significance import compare_per_query, compare_ranked, paired_p_value
 
 pytestmark = pytest.mark.slow  # ranx compiles its numba kernels on first use
 

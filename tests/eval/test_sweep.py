@@ -7,7 +7,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from eval.sweep import (
+from mmrag.flows.index import run_index
+from mmrag.eval.sweep import (
     GridError,
     expand_grid,
     load_grid,
@@ -65,15 +66,16 @@ def test_shared_steps_run_open_index_and_label_once():
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_sweep_over_the_sample_corpus_builds_the_index_once_and_writes_one_run(tmp_path):
-    from eval.evalset import load_evalset
-    from eval.results import load_run
-    from eval.sweep import run_sweep, write_sweep
+    from mmrag.eval.evalset import load_evalset
+    from mmrag.eval.results import load_run
+    from mmrag.eval.sweep import run_sweep, write_sweep
     from mmrag.config import load_config
 
     cfg = load_config(None, {"store.db_uri": str(tmp_path / "db"), "store.raw_dir": str(tmp_path / "raw"), "progress": False})
     queries = REPO_ROOT / "data" / "eval" / "sample.jsonl"
     grid = {"k": [3, 10], "temperature": [0.1, 0.5], "mode": ["softmax"]}
-    sweep = run_sweep(load_evalset(queries), cfg, grid, queries_path=queries, sources=[str(SAMPLE_DIR)])
+    sweep = run_sweep(load_evalset(queries), cfg, grid, queries_path=queries,
+                      index_group=lambda group_cfg, missing: run_index([str(SAMPLE_DIR)], group_cfg))
     assert len(sweep.rows) == 4 and sweep.primary_metric == "text_recall@5"
     assert sweep.timings_s["index"] > 0
     best = max(sweep.rows, key=lambda r: r["text_recall@5"])

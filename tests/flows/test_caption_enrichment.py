@@ -13,13 +13,14 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from flows.index import run_index
+from mmrag.flows.index import run_index
 from mmrag.cli import app
 from mmrag.config import ConfigError, load_config
 from mmrag.records import sha256_hex
-from pipelines import store
-from pipelines.generate import IMAGE_CAPTIONS, build_prompt, sources_of
-from pipelines.retrieve import Searcher
+from mmrag.pipelines import store
+from mmrag.pipelines.generate import build_prompt, sources_of
+from mmrag.pipelines.store import IMAGE_CAPTIONS
+from mmrag.pipelines.retrieve import Searcher
 from tests.fake_llm_server import FakeModel, decoded_images, serve_fake_llm, unused_port
 from tests.helpers import image_rows_by_file_name
 
@@ -100,7 +101,7 @@ def test_uncaptioned_image_gets_a_generated_caption_once(tmp_path, minilm):
         assert [s.snippet for s in sources_of(hits)] == [f"(generated) {CAPTION}", "Station map of the valley"]
 
         # Derived caption→image labels see only the authored caption.
-        from eval.derive import derive_caption_entries
+        from mmrag.eval.derive import derive_caption_entries
 
         entries = derive_caption_entries(list(rows.values()), [rows["plain.png"]["doc_url"]])
         assert [e.query for e in entries] == ["Station map of the valley"]

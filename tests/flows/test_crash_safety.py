@@ -20,10 +20,10 @@ from filelock import FileLock
 from PIL import Image
 from typer.testing import CliRunner
 
-from flows.index import run_index
+from mmrag.flows.index import run_index
 from mmrag.cli import app
 from mmrag.config import load_config
-from pipelines import guard, store
+from mmrag.pipelines import guard, store
 from tests.helpers import REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]

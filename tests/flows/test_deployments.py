@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import store
+from mmrag.pipelines import store
 from tests.helpers import REPO_ROOT, SAMPLE_DIR
 
 pytestmark = [pytest.mark.slow]

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import flows.index as index_module
-from flows.index import run_index
+import mmrag.flows.index as index_module
+from mmrag.flows.index import run_index
 from mmrag.config import load_config
-from pipelines import maintenance, store
+from mmrag.pipelines import maintenance, store
 from tests.helpers import serve_routes
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]

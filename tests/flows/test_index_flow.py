@@ -15,9 +15,9 @@ import pytest
 from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
 from PIL import Image
 
-from flows.index import run_index
+from mmrag.flows.index import run_index
 from mmrag.config import load_config
-from pipelines import store
+from mmrag.pipelines import store
 from tests.helpers import SAMPLE_DIR, serve_directory, serve_routes, shared_corpus
 
 pytestmark = [

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.index import run_index
+from mmrag.flows.index import run_index
 from mmrag.config import EmbedConfig, load_config
-from pipelines import store
-from pipelines.blip2_embedder import mean_pooled
-from pipelines.clip_embedder import ClipEmbedder
-from pipelines.embed import create_embedder
-from pipelines.retrieve import SearchError, Searcher
+from mmrag.pipelines import store
+from mmrag.pipelines.blip2_embedder import mean_pooled
+from mmrag.pipelines.clip_embedder import ClipEmbedder
+from mmrag.pipelines.embed import create_embedder
+from mmrag.pipelines.retrieve import SearchError, Searcher
 from tests.helpers import SAMPLE_DIR, serve_routes
 from tests.tiny_checkpoints import save_random_blip2, save_random_clip, textured_images
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from flows.index import run_index
+from mmrag.flows.index import run_index
 from mmrag.config import load_config
-from pipelines.ocr import ocr_available
-from pipelines.retrieve import Searcher
+from mmrag.pipelines.ocr import ocr_available
+from mmrag.pipelines.retrieve import Searcher
 from tests.helpers import image_rows_by_file_name
 from tests.tiny_checkpoints import textured_images
 

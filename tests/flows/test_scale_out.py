@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.index import run_index
+from mmrag.flows.index import run_index
 from mmrag.config import load_config
-from pipelines import store
-from pipelines.fetch import Fetcher
+from mmrag.pipelines import store
+from mmrag.pipelines.fetch import Fetcher
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 

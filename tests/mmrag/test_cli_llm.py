@@ -7,10 +7,10 @@ import os
 import pytest
 from typer.testing import CliRunner
 
-from mmrag import cli_llm
+from mmrag.cli import llm
 from mmrag.cli import app
-from pipelines.retrieve import Hit
-from pipelines.store import IndexStore
+from mmrag.pipelines.retrieve import Hit
+from mmrag.pipelines.store import IndexStore
 from tests.fake_llm_server import FakeModel, decoded_images, serve_fake_llm, unused_port
 from tests.helpers import REPO_ROOT
 
@@ -144,7 +144,7 @@ def test_llm_pull_unknown_model_and_unreachable_list(fake):
 
 
 def test_llm_template_prints_the_default():
-    from pipelines.generate import DEFAULT_PROMPT_TEMPLATE
+    from mmrag.pipelines.generate import DEFAULT_PROMPT_TEMPLATE
 
     result = runner.invoke(app, ["llm", "template"])
     assert result.exit_code == 0 and result.stdout == DEFAULT_PROMPT_TEMPLATE

@@ -12,7 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from mmrag.cli_models import classify, models_app
+from mmrag.cli.models import classify, models_app
 from tests.tiny_checkpoints import png_bytes, save_random_blip2, save_random_clip, textured_images
 
 app = typer.Typer()
@@ -62,9 +62,9 @@ def test_classify_json_gives_probabilities_per_image(clip_dir, image_files):
 
 def test_classify_probabilities_are_softmax_of_scaled_cosine(clip_dir, image_files):
     from mmrag.config import EmbedConfig
-    from pipelines.clip_embedder import softmax
-    from pipelines.embed import create_embedder
-    from pipelines.images import load_rgb
+    from mmrag.pipelines.clip_embedder import softmax
+    from mmrag.pipelines.embed import create_embedder
+    from mmrag.pipelines.images import load_rgb
     from mmrag.config import ImageConfig
 
     result = runner.invoke(

@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mmrag.cli import app
-from pipelines.import_vectors import import_vectors
-from pipelines.store import IndexStore
+from mmrag.pipelines.import_vectors import import_vectors
+from mmrag.pipelines.store import IndexStore
 from tests.fake_llm_server import unused_port
 from tests.helpers import REPO_ROOT
 
@@ -53,7 +53,7 @@ def minilm_db(tmp_path_factory, minilm) -> Path:
 @pytest.fixture
 def loads(monkeypatch, minilm) -> list[str]:
     """Serve the session's MiniLM instead of loading it again, counting how often an embedder is built."""
-    import pipelines.embed
+    from mmrag.pipelines.retrieve import searcher as searcher_module
 
     calls: list[str] = []
 
@@ -61,7 +61,7 @@ def loads(monkeypatch, minilm) -> list[str]:
         calls.append(cfg.name)
         return minilm
 
-    monkeypatch.setattr(pipelines.embed, "create_embedder", factory)
+    monkeypatch.setattr(searcher_module, "create_embedder", factory)
     return calls
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from mmrag.config import EmbedConfig
-from pipelines.blip2_embedder import max_query_cosine, mean_pooled
-from pipelines.embed import EmbedderUnavailable, create_embedder, embedder_specs
+from mmrag.pipelines.blip2_embedder import max_query_cosine, mean_pooled
+from mmrag.pipelines.embed import EmbedderUnavailable, create_embedder, embedder_specs
 from tests.tiny_checkpoints import png_bytes, save_random_blip2, textured_images
 
 TEXTS = ["a photo of a cat", "a blue circle next to a green triangle", "the quick brown fox", "red square", "a diagram"]

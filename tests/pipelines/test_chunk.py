@@ -1,4 +1,4 @@
-"""Tests of pipelines.chunk: strategies, offsets, oversize handling, ids, and seed parity."""
+"""Tests of mmrag.pipelines.chunk: strategies, offsets, oversize handling, ids, and seed parity."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 from mmrag.config import ChunkingConfig
 from mmrag.records import ParsedDocument, TextBlock
-from pipelines.chunk import chunk_document, pack_sentences, split_sentences, window_spans
-from pipelines.parse import normalize_whitespace, parse_html
+from mmrag.pipelines.chunk import chunk_document, pack_sentences, split_sentences, window_spans
+from mmrag.pipelines.parse import normalize_whitespace, parse_html
 
 CORPORA = Path(__file__).resolve().parents[2].parent / "shared" / "corpora"
 URL = "https://example.org/post"

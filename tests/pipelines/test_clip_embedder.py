@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mmrag.config import EmbedConfig, ImageConfig
-from pipelines.embed import EmbedderUnavailable, create_embedder, embedder_specs
+from mmrag.pipelines.embed import EmbedderUnavailable, create_embedder, embedder_specs
 from tests.tiny_checkpoints import png_bytes, save_random_clip, textured_images
 
 TEXTS = [
@@ -135,7 +135,7 @@ def test_undecodable_bytes_name_the_image(clip, images):
 
 
 def test_prefetch_prepares_the_next_batch_while_the_current_one_is_used():
-    from pipelines.clip_embedder import prefetch_batches
+    from mmrag.pipelines.clip_embedder import prefetch_batches
 
     next_prepared = threading.Event()
 

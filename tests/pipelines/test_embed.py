@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from mmrag.config import EmbedConfig
-from pipelines.embed import EmbedderUnavailable, LazyEmbedder, load_now
+from mmrag.pipelines.embed import EmbedderUnavailable, LazyEmbedder, load_now
 
 
 def test_unknown_name_fails_at_once():

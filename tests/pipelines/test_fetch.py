@@ -12,8 +12,8 @@ import pytest
 
 from mmrag.config import FetchConfig
 from mmrag.records import sha256_hex
-from pipelines.fetch import Fetcher, backoff_delay, content_type_problem, parse_retry_after
-from pipelines.rawstore import RawStore
+from mmrag.pipelines.fetch import Fetcher, backoff_delay, content_type_problem, parse_retry_after
+from mmrag.pipelines.rawstore import RawStore
 
 PAGE = b"<!doctype html><html><body><p>Hello</p></body></html>"
 

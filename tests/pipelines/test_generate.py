@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from mmrag.config import LlmConfig
-from pipelines.generate import (
+from mmrag.pipelines.generate import (
     DEFAULT_PROMPT_TEMPLATE,
     IMAGE_CAPTIONS,
     ImageContext,
@@ -23,10 +23,10 @@ from pipelines.generate import (
     load_prompt_template,
     sources_of,
 )
-from pipelines.llm.base import ChatMessage, ImageInput, LlmError, Usage, collect
-from pipelines.llm.ollama_backend import OllamaBackend
-from pipelines.retrieve import Hit
-from pipelines.store import IMAGE_BLOBS, IndexStore, image_blobs_schema, images_schema
+from mmrag.pipelines.llm.base import ChatMessage, ImageInput, LlmError, Usage, collect
+from mmrag.pipelines.llm.ollama_backend import OllamaBackend
+from mmrag.pipelines.retrieve import Hit
+from mmrag.pipelines.store import IMAGE_BLOBS, IndexStore, image_blobs_schema, images_schema
 from tests.fake_llm_server import FakeModel, decoded_images, serve_fake_llm
 from tests.tiny_checkpoints import png_bytes
 
@@ -296,8 +296,8 @@ def test_default_template_is_exposed_for_copying():
 def test_query_image_words_reach_text_only_models_through_ocr(tmp_path):
     from PIL import Image, ImageDraw, ImageFont
 
-    from pipelines import ocr
-    from pipelines.generate import read_query_image
+    from mmrag.pipelines import ocr
+    from mmrag.pipelines.generate import read_query_image
 
     if not ocr.ocr_available():
         pytest.skip("no OCR engine installed (rapidocr-onnxruntime or tesseract-ocr)")

@@ -9,10 +9,10 @@ import pytest
 
 from mmrag.config import MmragConfig
 from mmrag.records import ImageInfo, ImageRef, sha256_hex
-from pipelines import rows, store
-from pipelines.blip2_embedder import max_query_cosine
-from pipelines.retrieve import SearchError, Searcher, max_query_similarities
-from pipelines.summary import IndexSummary
+from mmrag.pipelines import rows, store
+from mmrag.pipelines.blip2_embedder import max_query_cosine
+from mmrag.pipelines.retrieve import SearchError, Searcher, max_query_similarities
+from mmrag.pipelines.summary import IndexSummary
 
 D = 8
 

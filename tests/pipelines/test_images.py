@@ -1,4 +1,4 @@
-"""Tests for pipelines.images: every test image is generated here with Pillow or as an SVG string."""
+"""Tests for mmrag.pipelines.images: every test image is generated here with Pillow or as an SVG string."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, ImageFile, features
 
 from mmrag.config import FetchConfig, ImageConfig
-from pipelines.images import SVG_MAX_SIDE, inspect_image, load_rgb, make_thumbnail
+from mmrag.pipelines.images import SVG_MAX_SIDE, inspect_image, load_rgb, make_thumbnail
 
 CFG = ImageConfig()
 MAX_BYTES = FetchConfig().max_image_bytes

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from mmrag.config import MmragConfig
-from pipelines.import_vectors import VectorImportError, import_vectors, load_content, load_vectors
-from pipelines.retrieve import Searcher
-from pipelines.store import IMAGE_BLOBS, IndexStore
+from mmrag.pipelines.import_vectors import VectorImportError, import_vectors, load_content, load_vectors
+from mmrag.pipelines.retrieve import Searcher
+from mmrag.pipelines.store import IMAGE_BLOBS, IndexStore
 from tests.helpers import shared_corpus
 
 LABEL = "clip-vit-b16-precomputed"

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from mmrag.records import Chunk, FetchResult
-from pipelines import guard, incremental
+from mmrag.pipelines import guard, incremental
 
 
 def fetch(status="ok", sha="h1", **kw) -> FetchResult:
@@ -136,7 +136,7 @@ def test_lock_path_and_object_stores(tmp_path):
 def test_redated_documents_finds_kept_rows_with_another_date():
     from datetime import date
 
-    from pipelines.incremental import redated_documents
+    from mmrag.pipelines.incremental import redated_documents
 
     may, june = date(2024, 5, 1), date(2024, 6, 1)
     stored = {"a": {"1": {"published": may}, "2": {"published": may}},

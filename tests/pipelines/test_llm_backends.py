@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from mmrag.config import LlmConfig
-from pipelines.llm import make_backend, parse_llm_spec
-from pipelines.llm.base import (
+from mmrag.pipelines.llm import make_backend, parse_llm_spec
+from mmrag.pipelines.llm.base import (
     ChatMessage,
     GenerationOptions,
     ImageInput,
@@ -19,12 +19,12 @@ from pipelines.llm.base import (
     classify_error_text,
     collect,
 )
-from pipelines.llm.ollama_backend import (
+from mmrag.pipelines.llm.ollama_backend import (
     OllamaBackend,
     list_ollama_models,
     pull_ollama_model,
 )
-from pipelines.llm.openai_backend import OpenAIBackend
+from mmrag.pipelines.llm.openai_backend import OpenAIBackend
 from tests.fake_llm_server import FakeModel, decoded_images, serve_fake_llm, unused_port
 from tests.helpers import embedded_llm_cache
 from tests.tiny_checkpoints import png_bytes
@@ -244,7 +244,7 @@ def _fake_parts(tmp_path: Path, monkeypatch, chunks: list[bytes], missing: int |
     import sys
     import types
 
-    from pipelines.llm.gguf import GgufModelSpec
+    from mmrag.pipelines.llm.gguf import GgufModelSpec
 
     for n, chunk in enumerate(chunks, 1):
         if n == missing:
@@ -262,7 +262,7 @@ def _fake_parts(tmp_path: Path, monkeypatch, chunks: list[bytes], missing: int |
 
 
 def test_assembly_concatenates_verifies_and_renames_atomically(tmp_path, monkeypatch):
-    from pipelines.llm.gguf import assemble_model
+    from mmrag.pipelines.llm.gguf import assemble_model
 
     chunks = [os.urandom(1000), os.urandom(777), os.urandom(5)]
     spec = _fake_parts(tmp_path, monkeypatch, chunks)
@@ -275,7 +275,7 @@ def test_assembly_concatenates_verifies_and_renames_atomically(tmp_path, monkeyp
 
 
 def test_assembly_resumes_an_interrupted_partial_file(tmp_path, monkeypatch):
-    from pipelines.llm import gguf
+    from mmrag.pipelines.llm import gguf
 
     chunks = [os.urandom(1000), os.urandom(700), os.urandom(300)]
     spec = _fake_parts(tmp_path, monkeypatch, chunks)
@@ -298,7 +298,7 @@ def test_assembly_resumes_an_interrupted_partial_file(tmp_path, monkeypatch):
 
 
 def test_assembly_names_the_missing_part_package(tmp_path, monkeypatch):
-    from pipelines.llm.gguf import assemble_model
+    from mmrag.pipelines.llm.gguf import assemble_model
 
     spec = _fake_parts(tmp_path, monkeypatch, [b"a" * 10, b"b" * 10, b"c" * 10], missing=2)
     with pytest.raises(LlmError) as err:
@@ -311,7 +311,7 @@ def test_assembly_names_the_missing_part_package(tmp_path, monkeypatch):
 def test_assembly_rejects_a_checksum_mismatch_and_drops_the_partial(tmp_path, monkeypatch):
     import dataclasses
 
-    from pipelines.llm.gguf import assemble_model
+    from mmrag.pipelines.llm.gguf import assemble_model
 
     spec = dataclasses.replace(_fake_parts(tmp_path, monkeypatch, [b"x" * 100, b"y" * 100]), sha256="0" * 64)
     with pytest.raises(LlmError) as err:
@@ -321,7 +321,7 @@ def test_assembly_rejects_a_checksum_mismatch_and_drops_the_partial(tmp_path, mo
 
 
 def test_unknown_gguf_model_and_missing_file():
-    from pipelines.llm.gguf import gguf_spec, resolve_gguf
+    from mmrag.pipelines.llm.gguf import gguf_spec, resolve_gguf
 
     assert gguf_spec("qwen2.5-0.5b").name == "qwen2.5-coder-0.5b"
     with pytest.raises(LlmError) as err:
@@ -340,7 +340,7 @@ def qwen_backend():
     """The real Qwen2.5-Coder-0.5B through xllamacpp, assembled and loaded once per session."""
     # The app's own default cache (gitignored): assembled once per machine, shared with test_cli_llm's load.
     cache = embedded_llm_cache()
-    from pipelines.llm.llamacpp_backend import LlamaCppBackend
+    from mmrag.pipelines.llm.llamacpp_backend import LlamaCppBackend
 
     # One thread: on a busy 2-core machine two llama.cpp threads spin at barriers and run 3-10x slower.
     backend = LlamaCppBackend("qwen2.5-coder-0.5b", cache, n_ctx=1024, n_threads=1)

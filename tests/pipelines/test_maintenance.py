@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from mmrag.cli import app
 from mmrag.config import OpsConfig
-from pipelines import guard, maintenance, store
+from mmrag.pipelines import guard, maintenance, store
 
 DIM = 32
 

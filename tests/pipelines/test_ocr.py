@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from pipelines import ocr
-from pipelines.ocr import OcrUnavailable, ocr_available, ocr_backends, ocr_image
+from mmrag.pipelines import ocr
+from mmrag.pipelines.ocr import OcrUnavailable, ocr_available, ocr_backends, ocr_image
 from tests.tiny_checkpoints import png_bytes
 
 

@@ -1,4 +1,4 @@
-"""Tests of pipelines.parse: small inline pages, then the shared reference corpora."""
+"""Tests of mmrag.pipelines.parse: small inline pages, then the shared reference corpora."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from urllib.parse import urljoin
 import pytest
 from bs4 import BeautifulSoup
 
-from pipelines.parse import decode_html, largest_candidate, normalize_whitespace, parse_html, parse_srcset
+from mmrag.pipelines.parse import decode_html, largest_candidate, normalize_whitespace, parse_html, parse_srcset
 
 PAGE_URL = "https://example.org/blog/post/index.html"
 CORPORA = Path(__file__).resolve().parents[2].parent / "shared" / "corpora"

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from mmrag.records import FetchResult, sha256_hex
-from pipelines.rawstore import URL_RECORD_KEYS, RawStore
+from mmrag.pipelines.rawstore import URL_RECORD_KEYS, RawStore
 
 
 def test_put_get_has_round_trip(tmp_path):

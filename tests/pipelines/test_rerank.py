@@ -13,8 +13,8 @@ import pyarrow as pa
 import pytest
 
 from mmrag.config import EmbedConfig, LlmConfig, MmragConfig, SearchConfig
-from pipelines.import_vectors import import_vectors
-from pipelines.rerank import (
+from mmrag.pipelines.import_vectors import import_vectors
+from mmrag.pipelines.retrieve.rerank import (
     CrossEncoderScorer,
     LlmRelevanceScorer,
     ModelScoreReranker,
@@ -23,11 +23,11 @@ from pipelines.rerank import (
     RerankError,
     RerankerUnavailable,
     create_reranker,
-    reciprocal_rank_fusion,
     yes_probability,
 )
-from pipelines.retrieve import Filters, Hit, Searcher
-from pipelines.store import IndexStore
+from mmrag.pipelines.retrieve.scoring import reciprocal_rank_fusion
+from mmrag.pipelines.retrieve import Filters, Hit, Searcher
+from mmrag.pipelines.store import IndexStore
 from tests.fake_llm_server import FakeModel, serve_fake_llm, unused_port
 from tests.helpers import embedded_llm_cache
 
@@ -346,8 +346,8 @@ def image_db(tmp_path: Path, embedder, label: str) -> IndexStore:
 
 @pytest.mark.slow
 def test_model_score_reranks_images_with_clips_own_score(tmp_path):
-    pytest.importorskip("pipelines.clip_embedder", reason="the clip embedder module is not present")
-    from pipelines.embed import create_embedder
+    pytest.importorskip("mmrag.pipelines.clip_embedder", reason="the clip embedder module is not present")
+    from mmrag.pipelines.embed import create_embedder
     from tests.tiny_checkpoints import save_random_clip
 
     clip_dir = save_random_clip(tmp_path / "clip")
@@ -371,9 +371,9 @@ def test_model_score_reranks_images_with_clips_own_score(tmp_path):
 
 @pytest.mark.slow
 def test_model_score_uses_blip2s_max_over_query_vectors(tmp_path):
-    pytest.importorskip("pipelines.blip2_embedder", reason="the blip2 embedder module is not present")
-    from pipelines.blip2_embedder import max_query_cosine
-    from pipelines.embed import create_embedder
+    pytest.importorskip("mmrag.pipelines.blip2_embedder", reason="the blip2 embedder module is not present")
+    from mmrag.pipelines.blip2_embedder import max_query_cosine
+    from mmrag.pipelines.embed import create_embedder
     from tests.tiny_checkpoints import save_random_blip2
 
     blip_dir = save_random_blip2(tmp_path / "blip2")

@@ -10,19 +10,19 @@ import numpy as np
 import pytest
 
 from mmrag.config import MmragConfig, SearchConfig
-from pipelines.import_vectors import import_vectors
-from pipelines.retrieve import (
+from mmrag.pipelines.import_vectors import import_vectors
+from mmrag.pipelines.retrieve import (
     Filters,
     SearchError,
     Searcher,
     compile_where,
     cosine_similarities,
-    published_where,
     similarity_search,
     softmax_scores,
     top_k_above,
 )
-from pipelines.store import IndexStore
+from mmrag.pipelines.retrieve.filters import published_where
+from mmrag.pipelines.store import IndexStore
 from tests.helpers import SAMPLE_DIR
 
 
@@ -253,7 +253,7 @@ def test_wrong_dimension_missing_table_and_image_query_errors(synthetic, tmp_pat
 @pytest.fixture(scope="module")
 def sample_db(prefect_harness, tmp_path_factory):
     """The sample corpus indexed once with MiniLM (chunks, images with caption surrogates, documents)."""
-    from flows.index import run_index
+    from mmrag.flows.index import run_index
 
     db = tmp_path_factory.mktemp("retrieve") / "db"
     cfg = MmragConfig(store={"db_uri": str(db), "raw_dir": str(db.parent / "raw")}, progress=False)
@@ -350,7 +350,7 @@ UNDATED_PAGE = """<html><head><title>Undated</title></head>
 
 @pytest.mark.slow
 def test_an_undated_page_is_excluded_and_an_old_database_gets_dates_on_reparse(prefect_harness, tmp_path, minilm):
-    from flows.index import run_index
+    from mmrag.flows.index import run_index
 
     pages = tmp_path / "pages"
     pages.mkdir()
@@ -400,7 +400,7 @@ def test_an_undated_page_is_excluded_and_an_old_database_gets_dates_on_reparse(p
 
 @pytest.mark.slow
 def test_searcher_loads_the_embedder_once(sample_db, monkeypatch, minilm):
-    import pipelines.embed
+    from mmrag.pipelines.retrieve import searcher as searcher_module
 
     calls = []
 
@@ -408,7 +408,7 @@ def test_searcher_loads_the_embedder_once(sample_db, monkeypatch, minilm):
         calls.append(cfg.name)
         return minilm
 
-    monkeypatch.setattr(pipelines.embed, "create_embedder", counting_factory)
+    monkeypatch.setattr(searcher_module, "create_embedder", counting_factory)
     searcher = Searcher(MmragConfig(store={"db_uri": str(sample_db)}))
     first = searcher.search("chunk overlap", mode="cosine", k=2)
     second = searcher.search("softmax temperature", mode="cosine", k=2)
@@ -422,9 +422,9 @@ def test_searcher_loads_the_embedder_once(sample_db, monkeypatch, minilm):
 
 @pytest.mark.slow
 def test_image_queries_search_images_and_text_with_a_cross_modal_embedder(tmp_path):
-    pytest.importorskip("pipelines.clip_embedder", reason="the clip embedder module is not present")
+    pytest.importorskip("mmrag.pipelines.clip_embedder", reason="the clip embedder module is not present")
     from mmrag.config import EmbedConfig
-    from pipelines.embed import create_embedder
+    from mmrag.pipelines.embed import create_embedder
     from tests.tiny_checkpoints import SENTENCES, png_bytes, save_random_clip, textured_images
 
     embed_cfg = {"name": "clip", "model_path": str(save_random_clip(tmp_path / "clip")), "device": "cpu"}
@@ -455,8 +455,8 @@ def test_image_queries_search_images_and_text_with_a_cross_modal_embedder(tmp_pa
 
 @pytest.mark.parametrize("index_type", ["IVF_SQ", "IVF_PQ"])
 def test_indexed_tables_use_nprobes_and_refine_and_match_exact_search(tmp_path, index_type):
-    from pipelines.maintenance import index_config
-    from pipelines.retrieve import AUTO_REFINE_DEFAULT, REFINE_BUDGET, auto_refine_factor, refine_factor_for
+    from mmrag.pipelines.maintenance import index_config
+    from mmrag.pipelines.retrieve.scoring import AUTO_REFINE_DEFAULT, REFINE_BUDGET, auto_refine_factor, refine_factor_for
 
     assert refine_factor_for(10, 60) == 60 and refine_factor_for(10_000, 60) == REFINE_BUDGET // 10_000
     assert refine_factor_for(REFINE_BUDGET * 2, 5) == 1

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from mmrag.config import FetchConfig
-from pipelines.fetch import Fetcher
-from pipelines.sources import (
+from mmrag.pipelines.fetch import Fetcher
+from mmrag.pipelines.sources import (
     PageTarget,
     SourceError,
     classify_source,

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from mmrag.records import Chunk
-from pipelines import rows, store
+from mmrag.pipelines import rows, store
 
 
 def _chunks(texts, url="file:///a.html"):

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from eval.results import append_history, history_row, write_run
-from reports.report import (
+from mmrag.eval.results import append_history, history_row, write_run
+from mmrag.reports.report import (
     answer_table,
     collect_report_data,
     metric_table,
@@ -22,8 +21,7 @@ from reports.report import (
     write_report,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
-from fakes import fake_result  # noqa: E402
+from tests.eval.fakes import fake_result
 
 INJECTED = '<script>window.__injected = 1; document.title = "pwned";</script>'
 PNG_1PX = bytes.fromhex(
@@ -152,7 +150,7 @@ def test_report_opens_offline_in_headless_chromium(run_dir, tmp_path):
 
 def test_answer_section_shows_judged_metrics_and_judge_failures(run_dir):
     """answers.parquet as `mmrag eval answers --judge` writes it: judged columns in the tables, the judge named, failures shown."""
-    from eval.answers import write_answers
+    from mmrag.eval.answers import write_answers
 
     judge = "llamacpp:qwen2.5-coder-0.5b@http://127.0.0.1:40000/v1"
     rows = [{"query_id": "q-000", "llm": "a", "query": "question 0", "answer": "ok", "latency_s": 1.0, "faithfulness": 0.5,

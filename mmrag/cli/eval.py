@@ -1,4 +1,4 @@
-"""``mmrag eval …``: check, derive, run, baseline and gate (the typer app :data:`eval_app`, mounted in mmrag/cli.py).
+"""``mmrag eval …``: check, derive, run, baseline and gate (the typer app :data:`eval_app`, mounted in mmrag.cli).
 
 Exit codes: 0 ok; 1 the check or gate found a problem (unmatched labels, a significant drop); 2 the
 command could not run (bad arguments, eval set or baseline, missing database, fingerprint mismatch).
@@ -11,8 +11,20 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from mmrag.cli_common import ConfigOption, DbOption, JsonOption, build_config, emit_json, fail, prepare_prefect_environment
-from mmrag.cli_search import ImageScoringOption
+from mmrag.cli.common import (
+    ConfigOption,
+    DbOption,
+    JsonOption,
+    build_config,
+    emit_json,
+    fail,
+    load_entries,
+    open_existing_store,
+    prepare_prefect_environment,
+    report_module,
+)
+from mmrag.cli.main import main_command
+from mmrag.cli.search import ImageScoringOption
 
 eval_app = typer.Typer(
     name="eval",
@@ -24,23 +36,6 @@ eval_app = typer.Typer(
 
 EmbedderOption = Annotated[Optional[str], typer.Option("--embedder", help="embedder whose tables are evaluated (default from config)")]
 ChunkingOption = Annotated[Optional[str], typer.Option("--chunking", help="chunk table's chunking: paragraph | window | tokens")]
-
-
-def _load_entries(path: Path | str):
-    from eval.evalset import EvalSetError, load_evalset
-
-    try:
-        return load_evalset(path)
-    except EvalSetError as exc:
-        for line in exc.errors[:-1]:
-            typer.echo(f"mmrag: error: {line}", err=True)
-        fail(exc.errors[-1])
-        raise  # unreachable
-
-
-def _require_db(cfg) -> None:
-    if "://" not in cfg.store.db_uri and not Path(cfg.store.db_uri).is_dir():
-        fail(f"--db: no database at {cfg.store.db_uri} (run `mmrag index SOURCE…` first)")
 
 
 def _with_target(cfg, target: str):
@@ -58,11 +53,11 @@ def check(
 ) -> None:
     """Validate QUERIES against the index: list every label that matches nothing (exit 1 when any)."""
     cfg = build_config(config, {"store.db_uri": db, "embed.name": embedder, "chunking.strategy": chunking})
-    entries = _load_entries(queries)
-    _require_db(cfg)
-    from eval.labels import label_entries, unmatched_labels
-    from eval.run import open_index
-    from pipelines.retrieve import SearchError, Searcher
+    entries = load_entries(queries)
+    open_existing_store(cfg)
+    from mmrag.eval.labels import label_entries, unmatched_labels
+    from mmrag.eval.run import open_index
+    from mmrag.pipelines.retrieve import SearchError, Searcher
 
     wants_text = any(e.relevant for e in entries)
     wants_images = any(e.relevant_images for e in entries)
@@ -104,19 +99,16 @@ def derive(
     chunking: ChunkingOption = None,
 ) -> None:
     """Build caption→image and heading→section query sets from the index, warning about leakage."""
-    from eval.derive import KINDS, derive_entries
-    from eval.evalset import dump_evalset
-    from pipelines.store import chunks_table_name, images_table_name
+    from mmrag.eval.derive import KINDS, derive_entries
+    from mmrag.eval.evalset import dump_evalset
+    from mmrag.pipelines.store import chunks_table_name, images_table_name
 
     kinds = list(kind or KINDS)
     for k in kinds:
         if k not in KINDS:
             fail(f"--kind: unknown kind {k!r} (use caption or heading)")
     cfg = build_config(config, {"store.db_uri": db, "embed.name": embedder, "chunking.strategy": chunking})
-    _require_db(cfg)
-    from pipelines.store import IndexStore
-
-    index_store = IndexStore(cfg.store.db_uri)
+    index_store = open_existing_store(cfg)
     label = cfg.search.table_embedder or cfg.embed.name
     chunk_table, image_table = chunks_table_name(label, cfg.chunking.key()), images_table_name(label)
     chunks: list[dict[str, Any]] = []
@@ -124,13 +116,12 @@ def derive(
     if "heading" in kinds or "caption" in kinds:
         if not index_store.has_table(chunk_table):
             fail(f"no table {chunk_table} in {cfg.store.db_uri} (index with --embedder {label} --chunking {cfg.chunking.strategy})")
-        chunks = index_store.open_table(chunk_table).to_lance().to_table(
-            columns=["doc_url", "section_path", "position", "char_start", "text"]).to_pylist()
+        chunks = index_store.read_table(chunk_table, ["doc_url", "section_path", "position", "char_start", "text"]).to_pylist()
     if "caption" in kinds:
         if not index_store.has_table(image_table):
             fail(f"no table {image_table} in {cfg.store.db_uri}")
-        images = index_store.open_table(image_table).to_lance().to_table(
-            columns=["id", "doc_url", "src_url", "position", "caption", "surrogate_text", "vector_source"]).to_pylist()
+        images = index_store.read_table(
+            image_table, ["id", "doc_url", "src_url", "position", "caption", "surrogate_text", "vector_source"]).to_pylist()
     entries, report = derive_entries(chunks, images, kinds=kinds, embedder=label)
     if not entries:
         fail("nothing to derive: the index has no captions or section headings")
@@ -173,18 +164,18 @@ def run(
     if threshold is not None:
         fields = ["search.cosine_threshold"] if cfg.search.mode == "cosine" else ["search.text_threshold", "search.image_threshold"]
         cfg = build_config(config, {**overrides, **{f: threshold for f in fields}})
-    from eval.metrics import metric_names
+    from mmrag.eval.metrics import metric_names
 
     try:
         metric_names(cfg.eval.cutoffs)
     except ValueError as exc:
         fail(f"eval.cutoffs: {exc}")
     entries_path = Path(cfg.eval.queries)
-    _load_entries(entries_path)  # fail fast, one line per bad entry
-    _require_db(cfg)
+    load_entries(entries_path)  # fail fast, one line per bad entry
+    open_existing_store(cfg)
     prepare_prefect_environment()
-    from flows.evaluate import run_evaluate
-    from pipelines.retrieve import SearchError
+    from mmrag.flows.evaluate import run_evaluate
+    from mmrag.pipelines.retrieve import SearchError
 
     try:
         summary = run_evaluate(entries_path, cfg, out_dir=cfg.eval.out_dir)
@@ -220,7 +211,7 @@ def baseline(
     json_output: JsonOption = False,
 ) -> None:
     """Write a baseline (fingerprints, setting, aggregates, per-query values) from an eval run."""
-    from eval.gate import write_baseline
+    from mmrag.eval.gate import write_baseline
 
     try:
         path = write_baseline(run_dir, out)
@@ -246,8 +237,8 @@ def gate(
 ) -> None:
     """Exit 1 when a gated metric dropped by more than the tolerance and significantly (p < max-p)."""
     cfg = build_config(config, {"eval.tolerance": tolerance, "eval.max_p": max_p, "eval.stat_test": stat_test})
-    from eval.gate import FingerprintMismatch, GateError, check_gate, format_gate_table, load_baseline
-    from eval.results import load_run
+    from mmrag.eval.gate import FingerprintMismatch, GateError, check_gate, format_gate_table, load_baseline
+    from mmrag.eval.results import load_run
 
     try:
         record = load_run(run_dir)
@@ -267,22 +258,16 @@ def gate(
     else:
         typer.echo(f"run {record.run_id} vs baseline {baseline_file} (from run {base.get('run_id')})")
         typer.echo(format_gate_table(result))
+        if result.failed:
+            from mmrag.eval.diff import format_regressions, worst_regressions
+
+            for row in (r for r in result.rows if r["status"] == "FAIL"):
+                spec = f"{row['target']}:{row['metric']}"
+                typer.echo(format_regressions(worst_regressions(base, record, spec, n=5), spec))
     raise typer.Exit(1 if result.failed else 0)
 
 
 # --------------------------------------------------------------------------- reports and sweeps (part B)
-
-
-def report_module():
-    """``reports.report``, importable also when the installed package list does not include ``reports``."""
-    try:
-        from reports import report
-    except ImportError:
-        import sys
-
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from reports import report
-    return report
 
 
 def _write_run_report(run_dir: str | Path, db_uri: str | None = None) -> Path | None:
@@ -326,7 +311,7 @@ def sweep(
     report_out: Annotated[Optional[Path], typer.Option("--report", help="also copy the HTML report here (e.g. reports/latest/index.html)")] = None,
 ) -> None:
     """Evaluate every setting of a grid (indexes built once, queries embedded once); writes one run directory + report."""
-    from eval.sweep import GridError, expand_grid, load_grid, point_config
+    from mmrag.eval.sweep import GridError, expand_grid, load_grid, point_config
 
     cfg = build_config(config, {"store.db_uri": db, "eval.target": target, "eval.queries": str(queries) if queries else None,
                                 "eval.out_dir": str(out) if out else None})
@@ -341,10 +326,10 @@ def sweep(
         fail(f"{grid}: {str(exc).splitlines()[0]} {str(exc).splitlines()[-1] if len(str(exc).splitlines()) > 1 else ''}".strip())
         return
     entries_path = Path(cfg.eval.queries)
-    _load_entries(entries_path)
+    load_entries(entries_path)
     prepare_prefect_environment()
-    from flows.sweep import run_sweep_flow
-    from pipelines.retrieve import SearchError
+    from mmrag.flows.sweep import run_sweep_flow
+    from mmrag.pipelines.retrieve import SearchError
 
     try:
         summary = run_sweep_flow(entries_path, grid_data, cfg, sources=list(source or ["data/sample/"]), index=index,
@@ -398,8 +383,8 @@ def answers(
     cfg = build_config(config, overrides)
     if cfg.eval.judge_images:  # the judge's images are the run's image hits
         cfg = build_config(config, {**overrides, "eval.target": "both"})
-    from eval.judge import parse_judge_spec
-    from pipelines.llm.base import LlmError
+    from mmrag.eval.judge import parse_judge_spec
+    from mmrag.pipelines.llm.base import LlmError
 
     judge_text = judge or cfg.eval.judge
     judge_spec = None
@@ -412,15 +397,15 @@ def answers(
         if judge_spec.backend == "llamacpp" and cfg.eval.judge_images:
             fail("--judge-images: the embedded llama.cpp judge reads text only; use a vision model (ollama:MODEL or openai:MODEL@URL)")
     entries_path = Path(cfg.eval.queries)
-    entries = _load_entries(entries_path)
-    from eval.answers import answer_run_dir, answer_summary
-    from pipelines.embed import create_embedder
+    entries = load_entries(entries_path)
+    from mmrag.eval.answers import answer_run_dir, answer_summary
+    from mmrag.pipelines.embed import create_embedder
 
     if run_dir is None:
-        _require_db(cfg)
+        open_existing_store(cfg)
         prepare_prefect_environment()
-        from flows.evaluate import run_evaluate
-        from pipelines.retrieve import SearchError
+        from mmrag.flows.evaluate import run_evaluate
+        from mmrag.pipelines.retrieve import SearchError
 
         try:
             run_dir = Path(run_evaluate(entries_path, cfg, out_dir=cfg.eval.out_dir)["run_dir"])
@@ -443,9 +428,162 @@ def answers(
         typer.echo(f"report: {report_path.resolve()}")
 
 
+
+# --------------------------------------------------------------------------- exchange formats and run diffs
+
+
+def _chunk_table(cfg) -> str:
+    from mmrag.pipelines.store import chunks_table_name
+
+    return chunks_table_name(cfg.search.table_embedder or cfg.embed.name, cfg.chunking.key())
+
+
+@eval_app.command("export")
+def export(
+    out: Annotated[Path, typer.Option("--out", help="folder to write into")],
+    fmt: Annotated[str, typer.Option("--format", help="trec (run + qrels per target, from --run) | beir (corpus, queries, qrels)")] = "trec",
+    run_dir: Annotated[Optional[Path], typer.Option("--run", help="eval run directory")] = None,
+    queries: Annotated[Optional[Path], typer.Option("--queries", help="beir: eval set whose labels are matched against --db now (instead of --run)")] = None,
+    score: Annotated[str, typer.Option("--score", help="trec: rank (1/rank, the order ranx scored) | search (the hit's score)")] = "rank",
+    db: DbOption = None,
+    config: ConfigOption = None,
+    json_output: JsonOption = False,
+    embedder: EmbedderOption = None,
+    chunking: ChunkingOption = None,
+) -> None:
+    """Export an eval run as TREC run + qrels files, or the indexed chunks, queries and qrels in BEIR's layout."""
+    from mmrag.eval.export import ExportError, beir_from_index, beir_from_run, export_trec
+
+    if fmt not in ("trec", "beir"):
+        fail(f"--format: unsupported format {fmt!r} (use trec or beir)")
+    if fmt == "trec":
+        if run_dir is None or queries is not None:
+            fail("--format trec exports an eval run: give --run RUN_DIR (and no --queries)")
+        try:
+            written = export_trec(run_dir, out, score=score)
+        except ValueError as exc:
+            fail(str(exc))
+            return
+        if json_output:
+            emit_json({"format": "trec", "run": str(run_dir), "files": {t: {k: str(v) for k, v in p.items()} for t, p in written.items()}})
+        else:
+            for target, paths in written.items():
+                typer.echo(f"{target:<6} run -> {paths['run']}   qrels -> {paths['qrels']}")
+        return
+    if (run_dir is None) == (queries is None):
+        fail("--format beir: give either --run RUN_DIR or --queries FILE (with --db)")
+    cfg = build_config(config, {"store.db_uri": db, "embed.name": embedder, "chunking.strategy": chunking})
+    try:
+        if run_dir is not None:
+            from mmrag.eval.results import load_run
+
+            db_uri = db or load_run(run_dir).manifest.get("db_uri") or cfg.store.db_uri
+            cfg = build_config(config, {"store.db_uri": db_uri})
+            result = beir_from_run(open_existing_store(cfg), run_dir, out)
+        else:
+            load_entries(queries)  # one line per bad entry
+            index_store = open_existing_store(cfg)
+            table = _chunk_table(cfg)
+            if not index_store.has_table(table):
+                fail(f"no table {table} in {cfg.store.db_uri} (index with --embedder {cfg.embed.name} --chunking {cfg.chunking.strategy})")
+            result = beir_from_index(index_store, queries, out, chunk_table=table)
+    except (ExportError, ValueError, OSError) as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return
+    if json_output:
+        emit_json({"format": "beir", **result.to_dict()})
+    else:
+        typer.echo(f"wrote BEIR dataset {out}: {result.n_documents} chunks of {result.table}, {result.n_queries} queries, "
+                   f"{result.n_qrels} qrels")
+    if result.unmatched_labels:
+        typer.echo(f"mmrag: warning: {result.unmatched_labels} labels match nothing (see `mmrag eval check {queries}`)", err=True)
+
+
+@eval_app.command("diff")
+def diff(
+    run_a: Annotated[Path, typer.Argument(help="eval run directory A (e.g. the baseline run)")],
+    run_b: Annotated[Path, typer.Argument(help="eval run directory B (compared with A)")],
+    metric: Annotated[str, typer.Option("--metric", help="per-query metric, e.g. recall@5, ndcg@10, mrr")] = "recall@5",
+    target: Annotated[str, typer.Option("--target", help="text | image")] = "text",
+    hits: Annotated[int, typer.Option("--hits", min=0, help="top hits shown per run and query")] = 3,
+    limit: Annotated[int, typer.Option("--limit", min=0, help="changed queries shown (0: all; --json always lists all)")] = 20,
+    stat_test: Annotated[Optional[str], typer.Option("--stat-test", help="student (paired t-test) | fisher (randomization)")] = None,
+    config: ConfigOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Queries whose METRIC changed from RUN_A to RUN_B, worst regressions first, with both runs' top hits and the paired test."""
+    if target not in ("text", "image"):
+        fail(f"--target: unknown target {target!r} (use text or image)")
+    cfg = build_config(config, {"eval.stat_test": stat_test})
+    from mmrag.eval.diff import diff_runs, format_diff
+
+    try:
+        result = diff_runs(run_a, run_b, metric=metric, target=target, n_hits=hits, stat_test=cfg.eval.stat_test,
+                           max_p=cfg.eval.max_p, n_permutations=cfg.eval.n_permutations, random_seed=cfg.eval.random_seed)
+    except (ValueError, KeyError) as exc:
+        fail(str(exc).strip("'\""))
+        return
+    if json_output:
+        emit_json(result.to_dict())
+    else:
+        typer.echo(format_diff(result, limit=limit))
+
+
+@eval_app.command("import-beir")
+def import_beir_command(
+    dataset: Annotated[Path, typer.Argument(help="BEIR dataset folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")],
+    out: Annotated[Path, typer.Option("--out", help="eval set to write (JSON Lines)")],
+    pages: Annotated[Optional[Path], typer.Option("--pages", help="folder for the generated HTML pages (default: <out stem>-pages beside --out)")] = None,
+    split: Annotated[str, typer.Option("--split", help="qrels split: qrels/<split>.tsv")] = "test",
+    kind: Annotated[str, typer.Option("--kind", help="kind given to every query (metrics are aggregated per kind)")] = "beir",
+    index: Annotated[bool, typer.Option("--index/--no-index", help="index the pages into --db right away")] = True,
+    db: DbOption = None,
+    config: ConfigOption = None,
+    json_output: JsonOption = False,
+    embedder: EmbedderOption = None,
+    chunking: ChunkingOption = None,
+) -> None:
+    """Turn a BEIR dataset into one HTML page per document and an eval set of its queries and qrels, and index the pages."""
+    from mmrag.eval.beir import BeirError, import_beir
+
+    cfg = build_config(config, {"store.db_uri": db, "embed.name": embedder, "chunking.strategy": chunking,
+                                "progress": False if json_output else None})
+    min_chars = cfg.chunking.min_chars if cfg.chunking.strategy == "paragraph" else 1
+    try:
+        imported = import_beir(dataset, out, pages_dir=pages, split=split, kind=kind, min_chars=min_chars)
+    except (BeirError, OSError) as exc:
+        fail(str(exc))
+        return
+    for warning in imported.warnings:
+        typer.echo(f"mmrag: warning: {warning}", err=True)
+    summary = None
+    if index:
+        prepare_prefect_environment()
+        from mmrag.flows.index import run_index
+        from mmrag.pipelines.embed import EmbedderUnavailable
+        from mmrag.pipelines.guard import DatabaseLocked, StoreWriteError
+
+        try:
+            summary = run_index([str(imported.pages_dir)], cfg)
+        except EmbedderUnavailable as exc:
+            fail(str(exc))
+        except (DatabaseLocked, StoreWriteError) as exc:
+            fail(str(exc), code=1)
+    next_step = f"mmrag eval run --queries {imported.evalset} --db {cfg.store.db_uri} --target text"
+    if json_output:
+        emit_json({**imported.to_dict(), "index": summary.to_dict() if summary else None, "next": next_step})
+    else:
+        typer.echo(f"wrote {imported.n_documents} pages to {imported.pages_dir} and {imported.n_queries} queries "
+                   f"({imported.n_labels} relevant documents) to {imported.evalset}")
+        if summary is not None:
+            typer.echo(summary.to_text())
+        else:
+            typer.echo(f"index them: mmrag index {imported.pages_dir} --db {cfg.store.db_uri}")
+        typer.echo(f"evaluate: {next_step}")
+    raise typer.Exit(summary.exit_code(strict=cfg.strict) if summary is not None else 0)
+
+
 def register_top(app: typer.Typer) -> None:
     """Mount the top-level commands of part B on the main app: ``mmrag report`` and ``mmrag main``."""
     app.command("report")(report_command)
-    from eval.main import main_command
-
     app.command("main")(main_command)

@@ -8,7 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from mmrag.cli_common import ConfigOption, DbOption, JsonOption, build_config, emit_json, fail, prepare_prefect_environment
+from mmrag.cli.common import (
+    ConfigOption,
+    DbOption,
+    JsonOption,
+    build_config,
+    emit_json,
+    fail,
+    open_existing_store,
+    prepare_prefect_environment,
+)
 
 
 def maintain(
@@ -25,13 +34,12 @@ def maintain(
         "store.db_uri": db, "ops.cleanup_older_than_days": older_than_days, "ops.vector_index_min_rows": index_min_rows,
         "ops.vector_index_type": index_type, "ops.gc_image_blobs": gc,
     })
-    from pipelines import guard, maintenance, store
+    from mmrag.pipelines import guard, maintenance, store
 
-    if guard.is_local_uri(cfg.store.db_uri) and not Path(cfg.store.db_uri.removeprefix("file://")).is_dir():
-        fail(f"--db: no database at {cfg.store.db_uri} (run `mmrag index SOURCE…` first)")
+    index_store = open_existing_store(cfg)
     try:
         with guard.write_errors(cfg.store.db_uri), guard.write_lock(cfg.store.db_uri, cfg.ops.lock_timeout_s):
-            report = maintenance.run_maintenance(store.IndexStore(cfg.store.db_uri), cfg.ops)
+            report = maintenance.run_maintenance(index_store, cfg.ops)
     except (guard.DatabaseLocked, guard.StoreWriteError) as exc:
         fail(str(exc), code=1)
     if json_output:
@@ -72,7 +80,7 @@ def serve(
     from prefect import serve as prefect_serve
     from prefect.schedules import Cron
 
-    from flows.scheduled import scheduled_index_flow, sweep_gate_flow
+    from mmrag.flows.scheduled import scheduled_index_flow, sweep_gate_flow
 
     config_file = str(config.resolve()) if config else None
     deployments = [scheduled_index_flow.to_deployment(

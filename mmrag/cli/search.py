@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from mmrag.cli_common import ConfigOption, DbOption, JsonOption, build_config, emit_json, fail
+from mmrag.cli.common import ConfigOption, DbOption, JsonOption, build_config, emit_json, fail
 
 ImageScoringOption = Annotated[Optional[str], typer.Option(
     "--image-scoring", help="images: mean (one vector per image, the original design) | max_query (best of BLIP-2's "
@@ -90,7 +90,7 @@ def search(
             "search.llm_model": llm_model,
         },
     )
-    from pipelines.retrieve import Filters, SearchError, Searcher
+    from mmrag.pipelines.retrieve import Filters, SearchError, Searcher
 
     filters = Filters(url_prefix=url_prefix, title=title, section=section, image_status=image_status,
                       fetched_since=fetched_since, fetched_until=fetched_until, published_since=published_since,
@@ -119,7 +119,7 @@ def _serve_stdin(searcher: Any, filters: Any, overrides: dict[str, Any], json_ou
     """Answer one query per stdin line until EOF."""
     import dataclasses
 
-    from pipelines.retrieve import Filters, SearchError
+    from mmrag.pipelines.retrieve import Filters, SearchError
 
     filter_keys = {f.name for f in dataclasses.fields(Filters)}
     for number, line in enumerate(sys.stdin, 1):
@@ -169,8 +169,8 @@ def _clip(text: str | None, width: int) -> str:
 
 
 def format_result(result: Any, *, width: int = 72) -> str:
-    """Compact human-readable tables of a :class:`~pipelines.retrieve.SearchResult`, one per target."""
-    from pipelines.generate import caption_or_generated
+    """Compact human-readable tables of a :class:`~mmrag.pipelines.retrieve.SearchResult`, one per target."""
+    from mmrag.pipelines.generate import caption_or_generated
 
     lines: list[str] = []
     what = f"image {result.image}" if result.image else repr(result.query)
@@ -209,8 +209,8 @@ def import_vectors_command(
     cfg = build_config(config, {"store.db_uri": db})
     if target not in ("text", "images"):
         fail(f"--target: use text or images, got {target!r}")
-    from pipelines.import_vectors import VectorImportError, import_vectors
-    from pipelines.store import IndexStore
+    from mmrag.pipelines.import_vectors import VectorImportError, import_vectors
+    from mmrag.pipelines.store import IndexStore
 
     try:
         summary = import_vectors(

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mmrag.cli_common import (
+from mmrag.cli.common import (
     ConfigOption,
     DbOption,
     JsonOption,
@@ -86,9 +86,9 @@ def index(
         },
     )
     prepare_prefect_environment()
-    from flows.index import run_index
-    from pipelines.embed import EmbedderUnavailable
-    from pipelines.guard import DatabaseLocked, StoreWriteError
+    from mmrag.flows.index import run_index
+    from mmrag.pipelines.embed import EmbedderUnavailable
+    from mmrag.pipelines.guard import DatabaseLocked, StoreWriteError
 
     try:
         summary = run_index(sources, cfg)
@@ -137,7 +137,7 @@ def status(
 ) -> None:
     """What the index holds: per table rows, versions, embedders; and the last run."""
     cfg = build_config(config, {"store.db_uri": db})
-    from pipelines.embed import embedder_specs
+    from mmrag.pipelines.embed import embedder_specs
 
     index_store = open_existing_store(cfg)
     tables = index_store.table_stats()
@@ -162,12 +162,12 @@ def status(
 
 
 # --- sub-command modules are mounted here, one line each (keep imports light: heavy ones go inside commands) ---
-from mmrag import cli_llm; app.command("ask")(cli_llm.ask); app.add_typer(cli_llm.llm_app, name="llm")  # noqa: E402,E702 - `mmrag ask`, `mmrag llm …`
-from mmrag.cli_search import register as _register_search; _register_search(app)  # noqa: E402,E702
-from eval.cli import eval_app; app.add_typer(eval_app, name="eval")  # noqa: E402,E702
-from eval.cli import register_top as _register_eval_top; _register_eval_top(app)  # noqa: E402,E702 - `mmrag report`, `mmrag main`
-from mmrag.cli_ops import register as _register_ops; _register_ops(app)  # noqa: E402,E702
-from mmrag.cli_models import classify, models_app; app.add_typer(models_app, name="models"); app.command("classify")(classify)  # noqa: E402,E702
+from mmrag.cli import llm; app.command("ask")(llm.ask); app.add_typer(llm.llm_app, name="llm")  # noqa: E402,E702 - `mmrag ask`, `mmrag llm …`
+from mmrag.cli.search import register as _register_search; _register_search(app)  # noqa: E402,E702
+from mmrag.cli.eval import eval_app; app.add_typer(eval_app, name="eval")  # noqa: E402,E702
+from mmrag.cli.eval import register_top as _register_eval_top; _register_eval_top(app)  # noqa: E402,E702 - `mmrag report`, `mmrag main`
+from mmrag.cli.ops import register as _register_ops; _register_ops(app)  # noqa: E402,E702
+from mmrag.cli.models import classify, models_app; app.add_typer(models_app, name="models"); app.command("classify")(classify)  # noqa: E402,E702
 
 
 def main() -> None:  # pragma: no cover - console script shim

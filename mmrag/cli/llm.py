@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from mmrag.cli_common import ConfigOption, DbOption, JsonOption, build_config, emit_json, fail, open_existing_store
+from mmrag.cli.common import ConfigOption, DbOption, JsonOption, build_config, emit_json, fail, open_existing_store
 
 llm_app = typer.Typer(
     help="LLM backends: models on an Ollama server, the embedded GGUF models, the prompt template.",
@@ -27,13 +27,13 @@ LlmOption = Annotated[Optional[str], typer.Option(
 
 
 def retrieve_for_question(cfg: Any, question: str, image: Path | None) -> list[Any]:
-    """Retrieval hits for ``question``: the one place ``ask`` touches retrieval (``pipelines.retrieve.Searcher``).
+    """Retrieval hits for ``question``: the one place ``ask`` touches retrieval (``mmrag.pipelines.retrieve.Searcher``).
 
     The question text is searched with the config's search settings; with ``--image`` and an embedder
     that embeds images (clip, blip2), hits of the image query are appended (duplicates dropped).
     Raises ``ValueError`` (``SearchError``) with a one-line message when search cannot run.
     """
-    from pipelines.retrieve import SearchError, Searcher
+    from mmrag.pipelines.retrieve import SearchError, Searcher
 
     searcher = Searcher(cfg)
     hits = list(searcher.search(question).hits)
@@ -86,10 +86,10 @@ def ask(
     """Answer QUESTION from the index: streams the answer, then lists its sources (url, section, image, score)."""
     cfg = build_config(config, {"store.db_uri": db, "llm.max_tokens": max_tokens,
                                     "llm.prompt_template": str(prompt_template) if prompt_template else None})
-    from pipelines.generate import (Answer, PromptTemplateError, answer_events, load_image_blobs, load_prompt_template,
+    from mmrag.pipelines.generate import (Answer, PromptTemplateError, answer_events, load_image_blobs, load_prompt_template,
                                     read_query_image, sources_of)
-    from pipelines.llm import make_backend, parse_llm_spec
-    from pipelines.llm.base import LlmError, Usage
+    from mmrag.pipelines.llm import make_backend, parse_llm_spec
+    from mmrag.pipelines.llm.base import LlmError, Usage
 
     if image is not None and not image.is_file():
         fail(f"--image: no file at {image}")
@@ -148,7 +148,7 @@ def pull(
 ) -> None:
     """Ask the Ollama server to pull a model (progress on stderr), or assemble a local GGUF model (llamacpp:NAME)."""
     cfg = build_config(config, {"llm.ollama_host": host})
-    from pipelines.llm.base import LlmError
+    from mmrag.pipelines.llm.base import LlmError
 
     backend, _, name = model.partition(":") if model.split(":", 1)[0] in ("ollama", "llamacpp", "openai") else ("ollama", "", model)
     try:
@@ -156,7 +156,7 @@ def pull(
             path = _prepare_gguf(name, cfg.llm.cache_dir)
             result = {"model": f"llamacpp:{name}", "status": "success", "path": str(path)}
         elif backend == "ollama":
-            from pipelines.llm.ollama_backend import ollama_host, pull_ollama_model
+            from mmrag.pipelines.llm.ollama_backend import ollama_host, pull_ollama_model
 
             last: list[str] = []
 
@@ -182,7 +182,7 @@ def pull(
 
 
 def _prepare_gguf(name: str, cache_dir: str) -> Path:
-    from pipelines.llm.gguf import DEFAULT_GGUF_MODEL, resolve_gguf
+    from mmrag.pipelines.llm.gguf import DEFAULT_GGUF_MODEL, resolve_gguf
 
     return resolve_gguf(name or DEFAULT_GGUF_MODEL, cache_dir)
 
@@ -195,9 +195,9 @@ def list_models(
 ) -> None:
     """The embedded GGUF models (installed? assembled?) and the models on the Ollama server (if one answers)."""
     cfg = build_config(config, {"llm.ollama_host": host})
-    from pipelines.llm.base import LlmError
-    from pipelines.llm.gguf import GGUF_MODELS, locate_parts
-    from pipelines.llm.ollama_backend import list_ollama_models, ollama_host
+    from mmrag.pipelines.llm.base import LlmError
+    from mmrag.pipelines.llm.gguf import GGUF_MODELS, locate_parts
+    from mmrag.pipelines.llm.ollama_backend import list_ollama_models, ollama_host
 
     local = []
     for spec in GGUF_MODELS.values():
@@ -234,6 +234,6 @@ def list_models(
 @llm_app.command("template")
 def template() -> None:
     """Print the built-in prompt template (copy it, edit it, point llm.prompt_template or --prompt-template at it)."""
-    from pipelines.generate import DEFAULT_PROMPT_TEMPLATE
+    from mmrag.pipelines.generate import DEFAULT_PROMPT_TEMPLATE
 
     sys.stdout.write(DEFAULT_PROMPT_TEMPLATE)

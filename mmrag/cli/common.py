@@ -14,6 +14,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from mmrag.pipelines.store import IndexStore, open_existing
+from mmrag.eval.evalset import EvalSetError, load_evalset
 from mmrag.config import ConfigError, MmragConfig, load_config
 
 DbOption = Annotated[Optional[str], typer.Option("--db", help="LanceDB URI (a local directory or s3://…); default from config")]
@@ -51,10 +53,27 @@ def prepare_prefect_environment() -> None:
         Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
 
 
-def open_existing_store(cfg: MmragConfig):
+def open_existing_store(cfg: MmragConfig) -> IndexStore:
     """The index store at ``cfg.store.db_uri``; a local path with no database exits with a one-line error."""
-    from pipelines.store import IndexStore
+    try:
+        return open_existing(cfg.store.db_uri)
+    except FileNotFoundError as exc:
+        fail(f"--db: {exc}")
+        raise  # unreachable: fail exits
 
-    if "://" not in cfg.store.db_uri and not Path(cfg.store.db_uri).is_dir():
-        fail(f"--db: no database at {cfg.store.db_uri} (run `mmrag index SOURCE…` first)")
-    return IndexStore(cfg.store.db_uri)
+
+def load_entries(path: Path | str):
+    """The eval set at ``path``; a missing or invalid file exits 2 with one line per problem."""
+    try:
+        return load_evalset(path)
+    except EvalSetError as exc:
+        for line in exc.errors[:-1]:
+            typer.echo(f"mmrag: error: {line}", err=True)
+        fail(exc.errors[-1])
+        raise  # unreachable
+
+
+def report_module():
+    """The report module (imported on first use: it loads jinja2 and plotly)."""
+    from mmrag.reports import report
+    return report

@@ -16,7 +16,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from mmrag.cli_common import ConfigOption, DbOption, build_config, fail, prepare_prefect_environment
+from mmrag.cli.common import (
+    ConfigOption,
+    DbOption,
+    build_config,
+    fail,
+    load_entries,
+    prepare_prefect_environment,
+    report_module,
+)
 
 
 def main_command(
@@ -31,8 +39,7 @@ def main_command(
     config: ConfigOption = None,
 ) -> None:
     """Index the sample corpus, sweep retrieval settings, score LLM answers, write reports/latest/index.html."""
-    from eval.cli import _load_entries, report_module
-    from eval.sweep import GridError, load_grid
+    from mmrag.eval.sweep import GridError, load_grid
 
     cfg = build_config(config, {"store.db_uri": db, "progress": False})
     sources = list(source or ["data/sample/"])
@@ -41,16 +48,16 @@ def main_command(
     except GridError as exc:
         fail(str(exc))
         return
-    entries = _load_entries(queries)
+    entries = load_entries(queries)
     prepare_prefect_environment()
     started = time.perf_counter()
-    from flows.index import run_index
+    from mmrag.flows.index import run_index
 
     typer.echo(f"[1/4] indexing {', '.join(sources)} into {cfg.store.db_uri}")
     summary = run_index(sources, cfg)
     typer.echo(f"      {summary.pages_ok} pages ok")
     typer.echo(f"[2/4] sweeping {grid} on {queries}")
-    from flows.sweep import run_sweep_flow
+    from mmrag.flows.sweep import run_sweep_flow
 
     result = run_sweep_flow(queries, grid_data, cfg, sources=sources, out_dir=cfg.eval.out_dir, report=False)
     run_dir = Path(result["run_dir"])
@@ -61,7 +68,7 @@ def main_command(
         typer.echo("      skipped: --answers 0")
     else:
         try:
-            from eval.answers import answer_step
+            from mmrag.eval.answers import answer_step
 
             reason = answer_step(run_dir, entries, cfg, llm=llm, limit=answers, base_dir=queries.parent, budget_s=answer_budget)
         except Exception as exc:  # noqa: BLE001 - the retrieval report is still worth writing

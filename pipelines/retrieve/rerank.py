@@ -20,7 +20,7 @@ name             score                                                          
 ===============  ==================================================================  ==========================================
 
 Each reranker's :meth:`check` fails with :class:`RerankerUnavailable` (a one-line
-:class:`~pipelines.retrieve.SearchError`) before any work when something it needs is missing.
+:class:`~mmrag.pipelines.retrieve.hits.SearchError`) before any work when something it needs is missing.
 Hybrid fusion may bring in rows that only the full-text search found (their
 ``retrieval_score`` is None). Text-scoring rerankers read an image hit's caption surrogate.
 ``model-score`` leaves out images without stored bytes (nothing to score).
@@ -43,14 +43,13 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from mmrag.config import ImageConfig, LlmConfig, SearchConfig
-from pipelines.llm.base import ChatMessage, LlmError, LogprobsBackend
-from pipelines.retrieve import (
-    Hit,
-    SearchError,
-    hit_columns,
-    hit_from_row,
-    row_similarities,
-)
+from mmrag.pipelines.llm.base import ChatMessage, LlmError, LogprobsBackend
+from mmrag.pipelines.embed import embedders_with
+from mmrag.pipelines.llm import make_backend
+from mmrag.pipelines.llm.openai_backend import OpenAIBackend
+from mmrag.pipelines.retrieve.hits import Hit, SearchError, hit_columns, hit_from_row
+from mmrag.pipelines.retrieve.scoring import reciprocal_rank_fusion, row_similarities
+from mmrag.pipelines.store import IMAGE_BLOBS
 
 RERANKERS = ("none", "hybrid", "llm", "cross-encoder", "model-score")
 
@@ -79,22 +78,6 @@ class RerankContext:
 
 
 # --------------------------------------------------------------------------- pure functions
-
-
-def reciprocal_rank_fusion(rankings: Sequence[Sequence[str]], *, k: int = 60) -> list[tuple[str, float]]:
-    """Fuse rankings of ids: ``score(id) = Σ 1 / (k + rank)`` over the rankings holding it (rank from 1).
-
-    Returns ``(id, score)`` best first; ties keep the order of first appearance. An id repeated
-    within one ranking counts at its first position only. Cormack et al. 2009; k=60 as in LanceDB's
-    ``RRFReranker``.
-    """
-    if k <= 0:
-        raise ValueError(f"k must be positive, got {k}")
-    scores: dict[str, float] = {}
-    for ranking in rankings:
-        for rank, item in enumerate(dict.fromkeys(ranking), 1):
-            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
-    return sorted(scores.items(), key=lambda kv: -kv[1])
 
 
 def yes_probability(top_logprobs: Sequence[dict[str, Any]]) -> float | None:
@@ -161,7 +144,7 @@ LOGPROBS_BACKENDS = (
 class LlmRelevanceScorer:
     """Relevance = probability of "yes" from an LLM backend's log-probabilities of a one-token answer.
 
-    One greedy one-token call per passage through :meth:`~pipelines.llm.base.LogprobsBackend.first_token_logprobs`
+    One greedy one-token call per passage through :meth:`~mmrag.pipelines.llm.base.LogprobsBackend.first_token_logprobs`
     (``concurrency`` in flight; the embedded llama.cpp model runs them one at a time). The score is
     P("yes") / (P("yes") + P("no")) over the top tokens (:func:`yes_probability`); when neither is
     among them, the generated token decides (1.0 for yes, else 0.0). A backend or server that cannot
@@ -208,9 +191,6 @@ class LlmRelevanceScorer:
 def llm_reranker_backend(search: SearchConfig, llm: LlmConfig) -> Any:
     """The backend the ``llm`` reranker asks: ``search.llm_base_url`` (openai backend) if set, else ``search.rerank_llm``
     (``BACKEND:MODEL``), else the ``llm`` section's backend and model. Remote calls wait ``search.llm_timeout_s``."""
-    from pipelines.llm import make_backend
-    from pipelines.llm.openai_backend import OpenAIBackend
-
     if search.llm_base_url:
         return OpenAIBackend(search.llm_model, search.llm_base_url, api_key_env=search.llm_api_key_env or llm.openai_api_key_env,
                              timeout_s=search.llm_timeout_s, max_retries=llm.max_retries)
@@ -394,8 +374,6 @@ class ModelScoreReranker(Reranker):
         multi = embedder is not None and hasattr(embedder, "itm_score") and hasattr(embedder, "embed_image_bytes_multi")
         single = embedder is not None and hasattr(embedder, "score") and hasattr(embedder, "embed_image_bytes")
         if not (multi or single):
-            from pipelines.retrieve import embedders_with
-
             name = getattr(embedder, "name", "?")
             raise RerankerUnavailable(
                 f"reranker 'model-score' needs an embedder with an image-text score; {name!r} has none "
@@ -403,8 +381,6 @@ class ModelScoreReranker(Reranker):
             )
         if context.store is None:
             raise RerankerUnavailable("reranker 'model-score' needs the database's image_blobs table")
-        from pipelines.store import IMAGE_BLOBS
-
         shas = [h.image_sha256 for h in candidates if h.image_sha256]
         blobs_table = context.store.read_where(IMAGE_BLOBS, ["sha256", "data"], "sha256", shas)
         blobs = {} if "data" not in blobs_table.column_names else dict(
