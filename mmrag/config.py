@@ -34,6 +34,23 @@ class FetchConfig(_Section):
     user_agent: str = "mmrag/0.1 (multimodal RAG indexer; batch, honours robots.txt)"
     connect_timeout_s: float = Field(10.0, gt=0)
     read_timeout_s: float = Field(20.0, gt=0)
+    request_deadline_s: float = Field(
+        60.0, gt=0, le=3600,
+        description="the most one fetch of a URL (a page, image, feed or sitemap) may take, from the start of its first "
+        "request: connect, headers and body of every attempt and redirect hop, and the backoff waits between "
+        "attempts. Retries share it rather than each getting its own: a retry whose wait would pass it is not made "
+        "and an attempt still running when it passes is cut off, so max_retries never extends it (a fetch's time is "
+        "at most this, plus any wait for a host slot and a robots.txt request, which has a deadline of its own). "
+        "Passing it is a 'timeout' failure of that page or image, saying how much was received",
+    )
+    min_bytes_per_s: float = Field(
+        1024.0, ge=0,
+        description="a response body arriving slower than this, over the last throughput_window_s seconds, is cut off "
+        "as a 'timeout' failure (judged once the body has run a whole window; like curl's --speed-limit); 0: off",
+    )
+    throughput_window_s: float = Field(
+        10.0, gt=0, le=600, description="sliding window (and grace period) over which min_bytes_per_s is measured"
+    )
     max_redirects: int = Field(5, ge=0, le=30)
     max_retries: int = Field(3, ge=0, le=10, description="retries after the first attempt, on timeouts, 5xx and 429 only")
     backoff_base_s: float = Field(0.5, ge=0)

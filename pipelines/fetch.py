@@ -6,26 +6,42 @@ what happened (``ok``, ``not_modified``, ``http_<code>``, ``timeout``, ``unreach
 ``too_large``, ``bad_content_type``, ``redirect_loop``, ``too_many_redirects``,
 ``robots_disallowed``, ``invalid_url``, ``error``) and whose ``error`` says it in words.
 
-The small functions at the top (backoff, ``Retry-After``, content-type checks) are pure.
+Every fetch has a deadline (``fetch.request_deadline_s``): httpx's timeouts are per socket read, so a
+server sending its headers or body a byte a second would otherwise hold a worker, and the batch
+after it, forever (httpx has no total timeout: encode/httpx#1450). The deadline is enforced on the
+sockets themselves (:class:`_DeadlineBackend` cuts each connect, read and write to the time left, inside
+:class:`DeadlineTransport`, our httpx transport over an httpcore pool, built on public APIs only), so
+it interrupts a request stuck in its header read as well as in its body. A body arriving slower than
+``fetch.min_bytes_per_s`` is cut off too (:class:`ThroughputMeter`). Retries (tenacity) share the
+fetch's deadline; robots.txt is parsed by protego (wildcards, longest match, as RFC 9309 says).
+
+The small functions and classes at the top (retry policy, ``Retry-After``, content-type checks,
+deadline and throughput arithmetic) are pure; the socket-level enforcement and :class:`Fetcher` do I/O.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import ipaddress
 import mimetypes
-import random
 import socket
+import ssl
 import threading
 import time
-import urllib.robotparser
+import urllib.request
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 from urllib.parse import urldefrag, urljoin, urlsplit
 
+import httpcore
 import httpx
+import tenacity
+from protego import Protego
 
 from mmrag.config import FetchConfig
 from mmrag.records import FetchResult, sha256_hex
@@ -47,16 +63,6 @@ _ACCEPT = {
 # ---------------------------------------------------------------- pure helpers
 
 
-def backoff_delay(retry: int, base_s: float, max_s: float, rand: Callable[[], float] = random.random) -> float:
-    """Seconds to wait before retry number ``retry`` (1 = first retry).
-
-    Exponential (``base_s * 2**(retry-1)``, capped at ``max_s``) with jitter: a uniformly random
-    50-100 % of that, so parallel workers hitting the same failing host do not retry in lockstep.
-    """
-    capped = min(max_s, base_s * (2 ** (retry - 1)))
-    return capped * (0.5 + 0.5 * rand())
-
-
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
     """Seconds requested by a ``Retry-After`` header (delta-seconds or HTTP-date), or None if absent/invalid."""
     if not value:
@@ -71,6 +77,90 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+
+
+class WaitRetryAfter(tenacity.wait.wait_base):
+    """Tenacity wait: the seconds a ``Retry-After`` header asked for (capped at ``max_s``), else ``fallback``'s.
+
+    The attempt's result must have a ``retry_after_s`` attribute (None when the server asked nothing).
+    """
+
+    def __init__(self, max_s: float, fallback: tenacity.wait.wait_base) -> None:
+        self.max_s = max_s
+        self.fallback = fallback
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        """Seconds to wait before the next attempt."""
+        asked = retry_state.outcome.result().retry_after_s
+        return min(asked, self.max_s) if asked is not None else self.fallback(retry_state)
+
+
+def retry_policy(
+    max_retries: int, base_s: float, max_s: float, remaining_s: Callable[[], float],
+    sleep: Callable[[float], None] = time.sleep,
+) -> tenacity.Retrying:
+    """How one fetch retries an attempt whose result is ``retryable`` (timeouts, 5xx, 429, connection errors).
+
+    At most ``max_retries`` retries. Before retry n it waits what ``Retry-After`` asked (capped at
+    ``max_s``), else ``min(max_s, base_s * 2**(n-1))`` with equal jitter (half of it fixed, half
+    uniformly random, so parallel workers hitting the same failing host do not retry in lockstep).
+    A retry whose wait would use up what ``remaining_s()`` says is left of the fetch's deadline is not
+    made. When retries stop, the last attempt's result is returned, never an exception.
+    """
+    half_base, half_max = base_s / 2, max_s / 2
+    equal_jitter = (tenacity.wait_exponential(multiplier=half_base, max=half_max)
+                    + tenacity.wait_random_exponential(multiplier=half_base, max=half_max))
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_result(lambda outcome: outcome.retryable),
+        wait=WaitRetryAfter(max_s, equal_jitter),
+        # tenacity decides the wait before asking stop, so a wait that would pass the deadline is never begun.
+        stop=tenacity.stop_after_attempt(max_retries + 1) | (lambda state: state.upcoming_sleep >= remaining_s()),
+        sleep=sleep,
+        retry_error_callback=lambda state: state.outcome.result(),
+    )
+
+
+class Deadline:
+    """A time budget of ``limit_s`` seconds that starts running at the first :meth:`start`."""
+
+    def __init__(self, limit_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit_s = limit_s
+        self._clock = clock
+        self._started: float | None = None
+
+    def start(self) -> None:
+        """Start the clock (later calls change nothing)."""
+        if self._started is None:
+            self._started = self._clock()
+
+    def remaining(self) -> float:
+        """Seconds left: all of ``limit_s`` before the start, zero or less once the deadline has passed."""
+        return self.limit_s if self._started is None else self.limit_s - (self._clock() - self._started)
+
+
+class ThroughputMeter:
+    """Whether a transfer has become too slow: fewer than ``min_bytes_per_s * window_s`` bytes in the last ``window_s``.
+
+    Judged only once a whole window has passed since ``started`` (the grace period), from the
+    running byte totals given to :meth:`too_slow` as data arrives. ``min_bytes_per_s`` 0 never judges.
+    """
+
+    def __init__(self, min_bytes_per_s: float, window_s: float, started: float) -> None:
+        self.min_bytes_per_s = min_bytes_per_s
+        self.window_s = window_s
+        self._started = started
+        self._samples: deque[tuple[float, int]] = deque([(started, 0)])  # (time, bytes received by then)
+
+    def too_slow(self, total_bytes: int, now: float) -> float | None:
+        """Record that ``total_bytes`` had arrived at ``now``; the rate of the last window if below the minimum, else None."""
+        self._samples.append((now, total_bytes))
+        if self.min_bytes_per_s <= 0 or now - self._started < self.window_s:
+            return None
+        cutoff = now - self.window_s
+        while self._samples[1][0] <= cutoff:  # keep the last sample at or before the cutoff: the window's baseline
+            self._samples.popleft()
+        rate = (total_bytes - self._samples[0][1]) / self.window_s
+        return rate if rate < self.min_bytes_per_s else None
 
 
 def media_type(content_type: str | None) -> str:
@@ -190,6 +280,249 @@ class HostLimiter:
             self._sleep(start - now)
 
 
+# ---------------------------------------------------------------- deadlines on the sockets
+
+
+@dataclass
+class _Transfer:
+    """One request in flight on this thread: its deadline and what its sockets delivered so far."""
+
+    deadline: Deadline
+    bytes_read: int = 0  # from the socket, headers included
+    response: httpx.Response | None = None  # set once the headers are in
+    expired: bool = False  # a socket operation was stopped by the deadline
+
+    def deadline_error(self, url: str) -> str:
+        """What the deadline interrupted, in words: the limit and how much had been received."""
+        if self.response is not None:
+            got = (f"HTTP {self.response.status_code} headers and {self.response.num_bytes_downloaded} bytes "
+                   "of the body received")
+        elif self.bytes_read:
+            got = f"{self.bytes_read} bytes received, the response headers still incomplete"
+        else:
+            got = "nothing received"
+        return f"request deadline of {self.deadline.limit_s:g} s (fetch.request_deadline_s) passed for {url}: {got}"
+
+
+# The request each thread is making: httpx's sync client runs a request's socket I/O on the caller's thread.
+_this_thread = threading.local()
+
+
+def _bounded(operation: Callable[[float | None], Any], timeout: float | None, timeout_error: type[Exception]) -> Any:
+    """``operation(timeout)`` with the timeout cut to what is left of this thread's request deadline, if any."""
+    transfer: _Transfer | None = getattr(_this_thread, "transfer", None)
+    if transfer is None:
+        return operation(timeout)
+    remaining = transfer.deadline.remaining()
+    if timeout is not None and timeout <= remaining:
+        return operation(timeout)
+    if remaining <= 0:
+        transfer.expired = True
+        raise timeout_error(f"request deadline of {transfer.deadline.limit_s:g} s passed")
+    try:
+        return operation(remaining)
+    except timeout_error:
+        transfer.expired = True
+        raise
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket stream whose every read, write and TLS handshake ends by the current request's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data = _bounded(lambda t: self._inner.read(max_bytes, t), timeout, httpcore.ReadTimeout)
+        transfer = getattr(_this_thread, "transfer", None)
+        if transfer is not None:
+            transfer.bytes_read += len(data)
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        _bounded(lambda t: self._inner.write(buffer, t), timeout, httpcore.WriteTimeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(
+            _bounded(lambda t: self._inner.start_tls(ssl_context, server_hostname, t), timeout, httpcore.ConnectTimeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore network backend handing out :class:`_DeadlineStream` sockets (connects are bounded too)."""
+
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Any = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(_bounded(
+            lambda t: self._inner.connect_tcp(host, port, t, local_address, socket_options), timeout,
+            httpcore.ConnectTimeout))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Any = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(_bounded(
+            lambda t: self._inner.connect_unix_socket(path, t, socket_options), timeout, httpcore.ConnectTimeout))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+# httpcore's exceptions and the httpx ones a transport raises instead (httpx's own table is private, so this is ours).
+# Looked up along the raised exception's class hierarchy, so the most specific entry wins.
+_HTTPX_ERROR_FOR: dict[type[Exception], type[httpx.TransportError]] = {
+    httpcore.ConnectTimeout: httpx.ConnectTimeout,
+    httpcore.ReadTimeout: httpx.ReadTimeout,
+    httpcore.WriteTimeout: httpx.WriteTimeout,
+    httpcore.PoolTimeout: httpx.PoolTimeout,
+    httpcore.TimeoutException: httpx.TimeoutException,
+    httpcore.ConnectError: httpx.ConnectError,
+    httpcore.ReadError: httpx.ReadError,
+    httpcore.WriteError: httpx.WriteError,
+    httpcore.NetworkError: httpx.NetworkError,
+    httpcore.RemoteProtocolError: httpx.RemoteProtocolError,
+    httpcore.LocalProtocolError: httpx.LocalProtocolError,
+    httpcore.ProtocolError: httpx.ProtocolError,
+    httpcore.ProxyError: httpx.ProxyError,
+    httpcore.UnsupportedProtocol: httpx.UnsupportedProtocol,
+}
+
+
+@contextmanager
+def _as_httpx_errors() -> Iterator[None]:
+    """Re-raise an httpcore exception from the ``with`` block as the matching httpx one (others pass unchanged)."""
+    try:
+        yield
+    except Exception as exc:
+        for cls in type(exc).__mro__:
+            if cls in _HTTPX_ERROR_FOR:
+                raise _HTTPX_ERROR_FOR[cls](str(exc)) from exc
+        raise
+
+
+class _ResponseBody(httpx.SyncByteStream):
+    """An httpcore response body as an httpx one: its errors become httpx errors, and closing it frees the connection."""
+
+    def __init__(self, stream: Iterable[bytes]) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        with _as_httpx_errors():
+            yield from self._stream
+
+    def close(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            with _as_httpx_errors():
+                close()
+
+
+class DeadlineTransport(httpx.BaseTransport):
+    """An httpx transport whose sockets end every connect, read, write and TLS handshake by the request's deadline.
+
+    httpx's own ``HTTPTransport`` takes no network backend, so this is a small one of our own built on public
+    APIs only: an ``httpcore.ConnectionPool`` given a :class:`_DeadlineBackend`, requests and responses
+    translated between httpx and httpcore, httpcore's exceptions raised as httpx's. ``limits`` bound the
+    pool; ``ssl_context`` defaults to ``httpx.create_ssl_context()`` (certifi, or ``SSL_CERT_FILE`` /
+    ``SSL_CERT_DIR``). With ``proxy`` (an ``http``, ``https`` or, with socksio installed, ``socks5`` URL,
+    credentials in it allowed) every request goes through that proxy, its sockets bounded the same way.
+    """
+
+    def __init__(self, limits: httpx.Limits | None = None, *, ssl_context: ssl.SSLContext | None = None,
+                 proxy: str | httpx.URL | None = None) -> None:
+        limits = limits or httpx.Limits()
+        self._connections = httpcore.ConnectionPool(
+            ssl_context=ssl_context or httpx.create_ssl_context(),
+            proxy=None if proxy is None else _httpcore_proxy(proxy),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_DeadlineBackend(httpcore.SyncBackend()),
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` over the pool; the response's body streams (read it, then close the response)."""
+        url = request.url
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,  # httpx's per-request timeouts travel here
+        )
+        with _as_httpx_errors():
+            core_response = self._connections.handle_request(core_request)
+        return httpx.Response(
+            status_code=core_response.status,
+            headers=core_response.headers,
+            stream=_ResponseBody(core_response.stream),
+            extensions=core_response.extensions,
+        )
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        with _as_httpx_errors():
+            self._connections.close()
+
+
+def _httpcore_proxy(url: str | httpx.URL) -> httpcore.Proxy:
+    """An httpcore proxy for ``url``, credentials in the URL becoming its Proxy-Authorization (parsed by ``httpx.Proxy``)."""
+    proxy = httpx.Proxy(url)  # ValueError for a scheme other than http, https, socks5, socks5h
+    if proxy.url.scheme.startswith("socks") and importlib.util.find_spec("socksio") is None:
+        raise ValueError(f"proxy {proxy.url} is a SOCKS proxy, which needs the socksio package (pip install 'httpx[socks]')")
+    return httpcore.Proxy(
+        url=httpcore.URL(scheme=proxy.url.raw_scheme, host=proxy.url.raw_host, port=proxy.url.port,
+                         target=proxy.url.raw_path),
+        auth=proxy.raw_auth,
+        headers=proxy.headers.raw,
+        ssl_context=proxy.ssl_context,
+    )
+
+
+def environment_proxy_mounts(make_transport: Callable[[str], httpx.BaseTransport]) -> dict[str, httpx.BaseTransport | None]:
+    """``httpx.Client`` mounts for the proxies the environment names, each transport made by ``make_transport(proxy_url)``.
+
+    httpx reads ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` only when it builds its own
+    transport, and its reader is private; this follows its rules with the standard library's public
+    ``urllib.request.getproxies()`` (which also reads the system settings on macOS and Windows): a proxy for
+    ``http://``, ``https://`` or ``all://`` URLs; each ``NO_PROXY`` host (a name matching itself and its
+    subdomains, an IP address, ``localhost`` or a URL pattern) mounted as None, which httpx routes to the
+    client's own transport, that is direct; ``NO_PROXY=*`` turns every proxy off.
+    """
+    found = urllib.request.getproxies()
+    no_proxy = [host.strip() for host in found.get("no", "").split(",") if host.strip()]
+    if "*" in no_proxy:
+        return {}
+    mounts: dict[str, httpx.BaseTransport | None] = {}
+    for scheme in ("http", "https", "all"):
+        if found.get(scheme):
+            proxy_url = found[scheme] if "://" in found[scheme] else f"http://{found[scheme]}"
+            mounts[f"{scheme}://"] = make_transport(proxy_url)
+    if not mounts:
+        return {}
+    for host in no_proxy:
+        try:
+            address = ipaddress.ip_address(host.split("/")[0])
+        except ValueError:
+            address = None
+        if "://" in host:
+            mounts[host] = None
+        elif address is not None and address.version == 6:
+            mounts[f"all://[{host}]"] = None
+        elif address is not None or host.lower() == "localhost":
+            mounts[f"all://{host}"] = None
+        else:  # "example.com": it and its subdomains; ".example.com": the subdomains only
+            mounts[f"all://*{host}"] = None
+    return mounts
+
+
 # ---------------------------------------------------------------- fetcher
 
 
@@ -214,10 +547,10 @@ class Fetcher:
     """Fetches pages, images and feeds over one shared, thread-safe ``httpx.Client``.
 
     Call :meth:`fetch` from as many threads as you like; the limits of ``cfg`` (global and
-    per-host concurrency, per-host delay) hold across them. With a ``raw_store`` every body is
-    stored by hash and a later fetch of the same URL is a conditional GET. ``sleep`` is used for
-    every wait (backoff, per-host delay) so tests can replace it. Use as a context manager, or
-    call :meth:`close`.
+    per-host concurrency, per-host delay) hold across them, and every fetch has the deadline and
+    minimum throughput of ``cfg``. With a ``raw_store`` every body is stored by hash and a later
+    fetch of the same URL is a conditional GET. ``sleep`` is used for every wait (backoff, per-host
+    delay) so tests can replace it. Use as a context manager, or call :meth:`close`.
     """
 
     def __init__(
@@ -226,14 +559,15 @@ class Fetcher:
         raw_store: RawStore | None = None,
         *,
         sleep: Callable[[float], None] = time.sleep,
-        rand: Callable[[], float] = random.random,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.cfg = cfg
         self.raw_store = raw_store
         self._sleep = sleep
-        self._rand = rand
         self._limiter = HostLimiter(cfg.concurrency, cfg.per_host_concurrency, cfg.per_host_delay_s, sleep)
+        mounts = None
+        if transport is None:
+            transport, mounts = self._deadline_transports(cfg)
         self._client = httpx.Client(
             headers={"User-Agent": cfg.user_agent},
             timeout=httpx.Timeout(
@@ -242,15 +576,30 @@ class Fetcher:
                 write=cfg.read_timeout_s,
                 pool=cfg.connect_timeout_s + cfg.read_timeout_s,
             ),
-            limits=httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency),
             follow_redirects=False,  # followed by hand: loops, counting and robots.txt per hop
             max_redirects=cfg.max_redirects,
             transport=transport,
+            mounts=mounts,
         )
         self._unreachable_hosts: dict[str, str] = {}  # host -> first error, for this fetcher's lifetime
-        self._robots: dict[str, urllib.robotparser.RobotFileParser | None] = {}
+        self._robots: dict[str, Protego | None] = {}
         self._robots_locks: dict[str, threading.Lock] = {}
         self._robots_locks_guard = threading.Lock()
+
+    @staticmethod
+    def _deadline_transports(cfg: FetchConfig) -> tuple[DeadlineTransport, dict[str, httpx.BaseTransport | None]]:
+        """The client's transport and mounts when none was given: a :class:`DeadlineTransport` for every route.
+
+        Proxies: httpx ignores the environment's proxies once it is handed a transport, so we mount a
+        :class:`DeadlineTransport` through each proxy that ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` name, minus
+        the ``NO_PROXY`` hosts (:func:`environment_proxy_mounts`), as read when the Fetcher is made. The deadline
+        then bounds the sockets to the proxy. A transport given to the Fetcher (a test's ``httpx.MockTransport``)
+        is used for everything, with no proxies.
+        """
+        limits = httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
+        ssl_context = httpx.create_ssl_context()  # shared by the direct and the proxied pools
+        mounts = environment_proxy_mounts(lambda proxy: DeadlineTransport(limits, ssl_context=ssl_context, proxy=proxy))
+        return DeadlineTransport(limits, ssl_context=ssl_context), mounts
 
     def __enter__(self) -> Fetcher:
         return self
@@ -286,17 +635,16 @@ class Fetcher:
         if cached and cached.get("last_modified"):
             headers["If-Modified-Since"] = cached["last_modified"]
 
-        total_attempts = self.cfg.max_retries + 1
-        for attempt in range(1, total_attempts + 1):
-            outcome = self._follow_redirects(url, kind, headers)
-            if not outcome.retryable or attempt == total_attempts:
-                break
-            if outcome.retry_after_s is not None:
-                delay = min(outcome.retry_after_s, self.cfg.backoff_max_s)
-            else:
-                delay = backoff_delay(attempt, self.cfg.backoff_base_s, self.cfg.backoff_max_s, self._rand)
-            self._sleep(delay)
-        if outcome.retryable and attempt > 1:
+        # One deadline for the whole fetch: every attempt, redirect hop and backoff wait spends from it.
+        deadline = Deadline(self.cfg.request_deadline_s)
+        retrying = retry_policy(self.cfg.max_retries, self.cfg.backoff_base_s, self.cfg.backoff_max_s,
+                                deadline.remaining, self._sleep)
+        outcome = retrying(self._follow_redirects, url, kind, headers, deadline)
+        attempt = retrying.statistics["attempt_number"]
+        if outcome.retryable and attempt <= self.cfg.max_retries:
+            outcome.error = (f"{outcome.error} (not retried after attempt {attempt}: the next wait would pass the "
+                             f"request deadline of {self.cfg.request_deadline_s:g} s)")
+        elif outcome.retryable and attempt > 1:
             outcome.error = f"{outcome.error} (gave up after {attempt} attempts)"
 
         if outcome.status == "not_modified":
@@ -397,14 +745,14 @@ class Fetcher:
         except ValueError:  # corrupt digest in the record
             return None
 
-    def _follow_redirects(self, url: str, kind: Kind, headers: dict[str, str]) -> _Outcome:
+    def _follow_redirects(self, url: str, kind: Kind, headers: dict[str, str], deadline: Deadline) -> _Outcome:
         chain = [url]
         current = url
         while True:
             if self.cfg.respect_robots and not self._robots_allow(current):
                 return _Outcome("robots_disallowed", current,
                                 error=f"robots.txt of {_origin(current)} disallows {current} for {self.cfg.user_agent!r}")
-            outcome = self._request(current, kind, headers)
+            outcome = self._request(current, kind, headers, deadline)
             if outcome.redirect_to is None:
                 return outcome
             target = urldefrag(urljoin(current, outcome.redirect_to)).url
@@ -421,20 +769,37 @@ class Fetcher:
                                 error=f"more than {self.cfg.max_redirects} redirects: " + " -> ".join(chain))
             current = target
 
-    def _request(self, url: str, kind: Kind, headers: dict[str, str]) -> _Outcome:
-        """One GET without following redirects, holding a host slot for its whole duration."""
+    @contextmanager
+    def _slot_with_deadline(self, host: str, transfer: _Transfer) -> Iterator[None]:
+        """Hold a request slot for ``host``, start ``transfer``'s deadline and bound this thread's sockets by it."""
+        with self._limiter.slot(host):
+            transfer.deadline.start()
+            outer = getattr(_this_thread, "transfer", None)
+            _this_thread.transfer = transfer
+            try:
+                yield
+            finally:
+                _this_thread.transfer = outer
+
+    def _request(self, url: str, kind: Kind, headers: dict[str, str], deadline: Deadline) -> _Outcome:
+        """One GET without following redirects, holding a host slot for its whole duration, ending by ``deadline``."""
         host = _host(url)
         if host in self._unreachable_hosts:
             # One dead host must not cost a full retry cycle for each of its hundreds of images.
             return _Outcome("unreachable", url, error=f"{self._unreachable_hosts[host]} (host already failed in this run)")
-        with self._limiter.slot(host):
+        transfer = _Transfer(deadline)
+        with self._slot_with_deadline(host, transfer):
             try:
                 with self._client.stream("GET", url, headers=headers) as response:
+                    transfer.response = response
                     return self._read_response(url, kind, response)
-            except httpx.ConnectTimeout:
-                return _Outcome("timeout", url, retryable=True,
-                                error=f"could not connect to {host} within {self.cfg.connect_timeout_s} s")
             except httpx.TimeoutException as exc:
+                if transfer.expired:  # not retryable: the fetch's deadline is spent
+                    return _Outcome("timeout", url, error=transfer.deadline_error(url),
+                                    http_status=transfer.response.status_code if transfer.response else None)
+                if isinstance(exc, httpx.ConnectTimeout):
+                    return _Outcome("timeout", url, retryable=True,
+                                    error=f"could not connect to {host} within {self.cfg.connect_timeout_s} s")
                 return _Outcome("timeout", url, retryable=True,
                                 error=f"{type(exc).__name__}: {host} sent nothing for {self.cfg.read_timeout_s} s")
             except httpx.ConnectError as exc:
@@ -482,11 +847,17 @@ class Fetcher:
                 return _Outcome("bad_content_type", url, error=f"{problem} from {url}", **base)
 
         received = bytearray()
+        meter = ThroughputMeter(self.cfg.min_bytes_per_s, self.cfg.throughput_window_s, time.monotonic())
         for chunk in response.iter_bytes():
             received += chunk
             if len(received) > limit:
                 return _Outcome("too_large", url, **base,
                                 error=f"body of {url} is over the {kind} limit of {limit} bytes (stopped reading)")
+            rate = meter.too_slow(response.num_bytes_downloaded, time.monotonic())
+            if rate is not None:
+                return _Outcome("timeout", url, retryable=True, **base, error=(
+                    f"body of {url} stalled: {rate:.0f} bytes/s over the last {meter.window_s:g} s, under "
+                    f"fetch.min_bytes_per_s = {meter.min_bytes_per_s:g} ({response.num_bytes_downloaded} bytes received)"))
         body = bytes(received)
         if not content_type:
             problem = sniff_problem(kind, body)
@@ -503,13 +874,16 @@ class Fetcher:
                 if origin not in self._robots:
                     self._robots[origin] = self._load_robots(origin)
         parser = self._robots[origin]
-        return parser is None or parser.can_fetch(self.cfg.user_agent, url)
+        return parser is None or parser.can_fetch(url, self.cfg.user_agent)
 
-    def _load_robots(self, origin: str) -> urllib.robotparser.RobotFileParser | None:
-        """The parsed robots.txt of ``origin``, or None meaning "allow everything"."""
+    def _load_robots(self, origin: str) -> Protego | None:
+        """The parsed robots.txt of ``origin``, or None meaning "allow everything".
+
+        One request (redirects followed) with a deadline of its own, ``fetch.request_deadline_s``.
+        """
         robots_url = f"{origin}/robots.txt"
         try:
-            with self._limiter.slot(_host(robots_url)):
+            with self._slot_with_deadline(_host(robots_url), _Transfer(Deadline(self.cfg.request_deadline_s))):
                 with self._client.stream("GET", robots_url, follow_redirects=True) as response:
                     if response.status_code != 200:
                         # 4xx: no robots.txt, so everything is allowed (RFC 9309, 2.3.1.3).
@@ -523,11 +897,9 @@ class Fetcher:
                         if len(received) >= ROBOTS_MAX_BYTES:
                             break
         except httpx.HTTPError:
-            # Unreachable or timing out: allow, for the same reason as a 5xx above.
+            # Unreachable or timing out (its deadline included): allow, for the same reason as a 5xx above.
             return None
-        parser = urllib.robotparser.RobotFileParser(robots_url)
-        parser.parse(bytes(received[:ROBOTS_MAX_BYTES]).decode("utf-8", errors="replace").splitlines())
-        return parser
+        return Protego.parse(bytes(received[:ROBOTS_MAX_BYTES]).decode("utf-8", errors="replace"))
 
 
 def _is_unknown_name(exc: BaseException) -> bool:

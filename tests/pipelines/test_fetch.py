@@ -7,12 +7,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
 import pytest
+import tenacity
 
 from mmrag.config import FetchConfig
 from mmrag.records import sha256_hex
-from mmrag.pipelines.fetch import Fetcher, backoff_delay, content_type_problem, parse_retry_after
+from mmrag.pipelines.fetch import Fetcher, content_type_problem, parse_retry_after, retry_policy
 from mmrag.pipelines.rawstore import RawStore
 
 PAGE = b"<!doctype html><html><body><p>Hello</p></body></html>"
@@ -266,6 +268,25 @@ def test_robots_txt_is_honoured_and_fetched_once(server, make_fetcher):
     assert ignoring.fetch(server.url("/private/page")).status == "ok"
 
 
+def test_robots_txt_wildcards_and_agent_groups(server, make_fetcher):
+    robots = b"User-agent: *\nDisallow: /\n\nUser-agent: mmrag\nDisallow: /*.pdf$\nAllow: /\n"
+    server.route("/robots.txt", lambda h: h.respond(200, robots, {"Content-Type": "text/plain"}))
+    server.route("/page", lambda h: h.html(PAGE))
+    server.route("/doc.pdf", lambda h: h.respond(200, b"%PDF", {"Content-Type": "application/pdf"}))
+    fetcher = make_fetcher()
+    assert fetcher.fetch(server.url("/page")).status == "ok"  # our own group wins over '*'
+    assert fetcher.fetch(server.url("/doc.pdf"), kind="image").status == "robots_disallowed"
+    assert server.hits["/doc.pdf"] == 0
+
+
+def test_robots_txt_over_the_size_cap_is_cut(server, make_fetcher):
+    filler = b"# " + b"x" * 1000 + b"\n"
+    robots = b"User-agent: *\n" + filler * 600 + b"Disallow: /late\n"  # the rule sits past 512 KiB: ignored
+    server.route("/robots.txt", lambda h: h.respond(200, robots, {"Content-Type": "text/plain"}))
+    server.route("/late", lambda h: h.html(PAGE))
+    assert make_fetcher(max_page_bytes=2_000_000).fetch(server.url("/late")).status == "ok"
+
+
 def test_robots_txt_server_error_allows(server, make_fetcher):
     server.route("/robots.txt", lambda h: h.respond(503, b"down"))
     url = server.route("/page", lambda h: h.html(PAGE))
@@ -345,10 +366,43 @@ def test_fetch_local(tmp_path, make_fetcher):
     assert fetcher.fetch_local(tmp_path).status == "error"
 
 
+def _waits(policy: tenacity.Retrying, attempt: int, retry_after_s: float | None = None, n: int = 200) -> list[float]:
+    """The waits ``policy`` picks before the retry after ``attempt`` (a retryable result), sampled ``n`` times."""
+    state = tenacity.RetryCallState(policy, None, (), {})
+    state.attempt_number = attempt
+    state.set_result(SimpleNamespace(retryable=True, retry_after_s=retry_after_s))
+    return [policy.wait(state) for _ in range(n)]
+
+
+def test_retry_policy_waits():
+    policy = retry_policy(3, base_s=0.5, max_s=30, remaining_s=lambda: 1e9)
+    # Exponential, capped, with equal jitter: 50-100 % of min(max, base * 2**(n-1)), not all the same.
+    first, third, tenth = _waits(policy, 1), _waits(policy, 3), _waits(policy, 10)
+    assert all(0.25 <= w <= 0.5 for w in first) and len(set(first)) > 1
+    assert all(1.0 <= w <= 2.0 for w in third)
+    assert all(15 <= w <= 30 for w in tenth)
+    # Retry-After wins over the exponential wait, capped at max_s.
+    assert _waits(policy, 1, retry_after_s=2.0, n=1) == [2.0]
+    assert _waits(policy, 1, retry_after_s=100.0, n=1) == [30]
+
+
+def test_retry_policy_stops_at_max_retries_or_the_deadline():
+    attempts = []
+
+    def always_failing():
+        attempts.append(1)
+        return SimpleNamespace(retryable=True, retry_after_s=None, n=len(attempts))
+
+    sleeps = []
+    last = retry_policy(2, base_s=0.1, max_s=1, remaining_s=lambda: 1e9, sleep=sleeps.append)(always_failing)
+    assert last.n == 3 and len(attempts) == 3 and len(sleeps) == 2  # the last result, not an exception
+    attempts.clear()
+    sleeps.clear()
+    late = retry_policy(5, base_s=10, max_s=60, remaining_s=lambda: 3.0, sleep=sleeps.append)(always_failing)
+    assert late.n == 1 and sleeps == []  # a 5-10 s wait would pass a deadline 3 s away: no retry
+
+
 def test_pure_helpers():
-    assert backoff_delay(1, 0.5, 30, rand=lambda: 0.0) == 0.25
-    assert backoff_delay(3, 0.5, 30, rand=lambda: 1.0) == 2.0
-    assert backoff_delay(10, 0.5, 30, rand=lambda: 1.0) == 30
     assert parse_retry_after("120") == 120.0
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
     now = datetime(2015, 10, 21, 7, 27, 0, tzinfo=timezone.utc)
