@@ -49,7 +49,8 @@ from mmrag.pipelines.retrieve.hits import Target, resolve_targets
 from mmrag.pipelines.retrieve.searcher import Searcher
 from mmrag.pipelines.store import chunks_table_name, database_exists, images_table_name, open_existing
 
-GRID_KEYS = ("embedder", "chunking", "chunk_size", "mode", "reranker", "image_scoring", "k", "text_k", "image_k", "threshold", "temperature")
+GRID_KEYS = ("embedder", "chunking", "chunk_size", "context", "merge_min_tokens", "preset", "mode", "reranker",
+             "image_scoring", "k", "text_k", "image_k", "threshold", "temperature")
 SETTING_COLUMNS = ("embedder", "chunking", "mode", "reranker", "image_scoring", "text_k", "text_threshold", "text_temperature",
                    "image_k", "image_threshold", "image_temperature")
 PRIMARY_METRICS = ("recall@5", "ndcg@10", "mrr")
@@ -121,6 +122,10 @@ def point_overrides(point: Mapping[str, Any], *, mode: str) -> dict[str, Any]:
             out["chunking.strategy"] = value
         elif key == "chunk_size":
             out["chunking.window_chars" if point.get("chunking", "window") == "window" else "chunking.max_tokens"] = value
+        elif key in ("context", "merge_min_tokens"):
+            out[f"chunking.{key}"] = value
+        elif key == "preset":
+            out["search.preset"] = value
         elif key in ("mode", "reranker", "image_scoring"):
             out[f"search.{key}"] = value
         elif key == "k":
@@ -130,7 +135,7 @@ def point_overrides(point: Mapping[str, Any], *, mode: str) -> dict[str, Any]:
         elif key == "temperature":
             out["search.text_temperature"] = out["search.image_temperature"] = value
         elif key == "threshold":
-            if mode == "cosine":
+            if mode in ("cosine", "hybrid"):
                 out["search.cosine_threshold"] = value
             else:
                 out["search.text_threshold"] = out["search.image_threshold"] = value
@@ -139,8 +144,8 @@ def point_overrides(point: Mapping[str, Any], *, mode: str) -> dict[str, Any]:
 
 def point_config(base: MmragConfig, point: Mapping[str, Any]) -> MmragConfig:
     """``base`` with the grid point applied (validated; raises pydantic's ValidationError on a bad value)."""
-    mode = point.get("mode", base.search.mode)
-    data = _merge(base.model_dump(mode="python"), point_overrides(point, mode=mode))
+    mode = point.get("mode", "softmax" if point.get("preset") == "seed" else base.search.mode)
+    data = _merge(base.model_dump(mode="python", exclude_unset=True), point_overrides(point, mode=mode))
     return MmragConfig.model_validate(data)
 
 
@@ -227,9 +232,9 @@ def best_settings(
 class CachedQuery:
     """A LanceDB query builder that records its calls and answers ``to_arrow()`` from the shared cache when it can."""
 
-    def __init__(self, owner: "CachedTable", vector: Any, search_kwargs: dict[str, Any] | None = None):
+    def __init__(self, owner: "CachedTable", query: Any, search_kwargs: dict[str, Any] | None = None):
         self._owner = owner
-        self._vector = np.asarray(vector, dtype=np.float32)
+        self._query = np.asarray(query, dtype=np.float32) if query is not None and not isinstance(query, str) else query
         self._search_kwargs = dict(search_kwargs or {})
         self._calls: list[tuple[str, Any]] = []
 
@@ -240,13 +245,22 @@ class CachedQuery:
 
         return record
 
+    def _key(self) -> tuple:
+        """The query as a hashable key: arrays by their bytes (``repr`` elides long arrays), everything else by repr."""
+        def part(value: Any) -> Any:
+            return value.tobytes() if isinstance(value, np.ndarray) else repr(value)
+
+        calls = tuple((name, tuple(part(a) for a in args), tuple((k, part(v)) for k, v in sorted(kwargs.items())))
+                      for name, args, kwargs in self._calls)
+        return (part(self._query), repr(sorted(self._search_kwargs.items())), calls)
+
     def to_arrow(self) -> pa.Table:
-        """The query's rows: from the cache when the same vector and calls ran before on this pinned table."""
-        key = (self._vector.tobytes(), repr(sorted(self._search_kwargs.items())), repr(self._calls))
+        """The query's rows: from the cache when the same query and calls ran before on this pinned table."""
+        key = self._key()
         cache = self._owner.cache
         if key in cache:
             return cache[key]
-        query = self._owner.table.search(self._vector, **self._search_kwargs)
+        query = self._owner.table.search(self._query, **self._search_kwargs)
         for name, args, kwargs in self._calls:
             query = getattr(query, name)(*args, **kwargs)
         rows = query.to_arrow()
@@ -293,9 +307,10 @@ class CachedTable:
             self._counts[where] = self.table.count_rows(where) if where else self.table.count_rows()
         return self._counts[where]
 
-    def search(self, vector: Any, **kwargs: Any) -> CachedQuery:
-        """A recording query (see :class:`CachedQuery`); ``kwargs`` (e.g. ``vector_column_name``) go to LanceDB's ``search``."""
-        return CachedQuery(self, vector, kwargs)
+    def search(self, query: Any = None, **kwargs: Any) -> CachedQuery:
+        """A recording query (see :class:`CachedQuery`); ``kwargs`` (e.g. ``vector_column_name``, ``query_type``) go to
+        LanceDB's ``search``."""
+        return CachedQuery(self, query, kwargs)
 
 
 def cache_tables(searcher: Searcher, targets: Sequence[Target]) -> None:
@@ -337,18 +352,20 @@ def run_sweep(
     step: Callable[..., Any] | None = None,
     log: Callable[[str], None] | None = None,
     cache_search: bool = True,
+    points: Sequence[Mapping[str, Any]] | None = None,
 ) -> SweepResult:
     """Evaluate every grid point on ``entries``; tables per (embedder, chunking) built once, queries embedded once per group.
 
     Tables missing in ``base.store.db_uri`` are built by ``index_group(config, missing=True)`` (the
     flow layer passes one that runs the index flow); ``index=True`` calls it once per group regardless
     (``missing=False``). Without ``index_group`` a missing table is an error. With ``cache_search`` identical LanceDB queries
-    of a group run once (:class:`CachedTable`). Nothing is written (see :func:`write_sweep`).
+    of a group run once (:class:`CachedTable`). ``points`` replaces the grid's cartesian product by an
+    explicit list of settings. Nothing is written (see :func:`write_sweep`).
     """
     log = log or (lambda _msg: None)
     run_id = run_id or new_run_id()
     grid = {k: list(v) for k, v in grid.items()}
-    points = expand_grid(grid)
+    points = [dict(p) for p in points] if points is not None else expand_grid(grid)
     configs = [point_config(base, p) for p in points]
     ids = [setting_id(p) for p in points]
     groups: dict[tuple[str, str], list[int]] = {}

@@ -124,6 +124,7 @@ def fetch_images(doc: ParsedDocument, local_page: bool, fetcher: Fetcher, config
             rows.ImageOccurrence(
                 doc_url=doc.url, article_title=doc.title, ref=ref, status=status,
                 http_status=http_status, error=error, info=info, data=data, published=doc.published,
+                nearby_text=ref.context if config.images.surrogate_context == "nearby" else "",
             )
         )
     return occurrences
@@ -242,6 +243,10 @@ def _index_run(sources: list[str], config: MmragConfig, run_id: str) -> dict:
                 handle.release()
     progress.stop()
 
+    with summary.timed("fts_index"):  # hybrid search reads it; built here so queries never modify a table
+        for name in (chunk_table, image_table):
+            if index_store.has_table(name):
+                maintenance.ensure_text_index(index_store, name)
     if config.ops.maintain_after_index:
         with summary.timed("maintenance"):
             summary.maintenance = maintenance.run_maintenance(index_store, config.ops)
@@ -358,7 +363,7 @@ def _index_batch(
 
     with summary.timed("embed"):
         chunk_vectors, chunks_reused = vectors_for(
-            [c.content_hash for c in plan.new], [c.text for c in plan.new], chunk_table, "content_hash",
+            [c.content_hash for c in plan.new], [c.search_text for c in plan.new], chunk_table, "content_hash",
             embedder, index_store, config, progress, "embed chunks")
         new_image_vectors = image_vectors(changed_images, embedder, index_store, image_table, config, summary, progress)
 

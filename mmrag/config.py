@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -75,18 +75,31 @@ class ChunkingConfig(_Section):
     window_chars: int = Field(256, ge=16, description="window strategy: characters per window")
     window_overlap: float = Field(0.25, ge=0, lt=1, description="window strategy: fraction shared by consecutive windows")
     max_tokens: int | None = Field(None, ge=8, description="tokens strategy budget; default: the embedder's max input length")
+    context: Literal["none", "title_section"] = Field(
+        "none",
+        description="what the embedded and full-text indexed text of a chunk carries besides its own words: none, or "
+        "title_section (the article title and section path first); the stored text stays the page's own words",
+    )
+    merge_min_tokens: int = Field(
+        0, ge=0, le=2048,
+        description="paragraph strategy: a paragraph shorter than this many tokens is merged with the next ones of its "
+        "section until the chunk reaches it (within the embedder's input limit); 0: one chunk per paragraph (the design)",
+    )
     oversize: Literal["split", "truncate"] = Field(
         "split",
         description="a chunk over the embedder's max input: split it by sentence packing, or keep it and record the truncation",
     )
 
     def key(self) -> str:
-        """Short name of this chunking setting, used in table names (``paragraph``, ``window-256-25``, ``tokens-128``)."""
+        """Short name of this chunking setting, used in table names (``paragraph``, ``window-256-25``, ``tokens-128``,
+        ``paragraph-m48-ctx``): ``-m<N>`` for merged short paragraphs, ``-ctx`` when chunks carry title and section."""
         if self.strategy == "paragraph":
-            return "paragraph"
-        if self.strategy == "window":
-            return f"window-{self.window_chars}-{round(self.window_overlap * 100)}"
-        return f"tokens-{self.max_tokens}" if self.max_tokens else "tokens"
+            base = f"paragraph-m{self.merge_min_tokens}" if self.merge_min_tokens else "paragraph"
+        elif self.strategy == "window":
+            base = f"window-{self.window_chars}-{round(self.window_overlap * 100)}"
+        else:
+            base = f"tokens-{self.max_tokens}" if self.max_tokens else "tokens"
+        return base + ("-ctx" if self.context != "none" else "")
 
 
 class ImageConfig(_Section):
@@ -100,6 +113,11 @@ class ImageConfig(_Section):
         True,
         description="read the text printed in each decoded image (once per distinct image; stored in images.ocr_text "
         "and appended to the image's text surrogate); off: no OCR runs",
+    )
+    surrogate_context: Literal["none", "nearby"] = Field(
+        "none",
+        description="what an image's text surrogate carries besides caption, alt, section and OCR text: none, or nearby "
+        "(the page's text right before and after the image, ~400 characters each side)",
     )
     ocr_backend: Literal["auto", "rapidocr", "tesseract"] = Field(
         "auto", description="OCR engine: auto = rapidocr when installed, else tesseract (see pipelines/ocr.py)"
@@ -158,15 +176,27 @@ class StoreConfig(_Section):
     raw_dir: str = Field(".mmrag/raw", description="content-addressed raw responses, so a re-parse never re-fetches")
 
 
+#: ``search.preset: seed``: the original design's search. Every other field keeps its default, which
+#: already is the design's value (text k 15, threshold 0.01, temperature 0.25; images 5, 0.25, 0.5).
+SEED_SEARCH: dict[str, Any] = {"mode": "softmax", "reranker": "none"}
+
+
 class SearchConfig(_Section):
     """Retrieval settings (issue: retrieval and answering). Owned by pipelines/retrieve.py."""
 
     # --- search settings: add fields below this line ---
     target: Literal["text", "images", "both"] = Field("text", description="what a query searches: text chunks, images, or both")
-    mode: Literal["softmax", "cosine"] = Field(
+    preset: Literal["seed"] | None = Field(
+        None,
+        description="seed: the original design's search, exactly (softmax of similarity/temperature, then threshold, "
+        "then top k, no reranker); sets every search field not given explicitly. Its scores shrink as the corpus "
+        "grows, so from a few thousand rows its default text threshold lets nothing through (README: Search defaults)",
+    )
+    mode: Literal["hybrid", "cosine", "softmax"] = Field(
         "softmax",
-        description="softmax: the original design (softmax of similarity/temperature over all candidates, then threshold); "
-        "cosine: threshold raw cosine similarity",
+        description="hybrid: vector and full-text (BM25) search fused by reciprocal rank (LanceDB's hybrid query); "
+        "cosine: vector search, top k by cosine similarity; softmax: the original design (softmax of "
+        "similarity/temperature over the candidates, then threshold). cosine_threshold is a floor in hybrid and cosine",
     )
     text_k: int = Field(15, ge=1, le=10_000, description="text hits returned (the original design used 15)")
     text_threshold: float = Field(0.01, ge=0, le=1, description="softmax mode: minimum text score (design: 0.01)")
@@ -174,7 +204,13 @@ class SearchConfig(_Section):
     image_k: int = Field(5, ge=1, le=10_000, description="image hits returned (the original design used 5)")
     image_threshold: float = Field(0.25, ge=0, le=1, description="softmax mode: minimum image score (design: 0.25)")
     image_temperature: float = Field(0.5, gt=0, description="softmax mode: temperature for images (design: 0.5)")
-    cosine_threshold: float = Field(-1.0, ge=-1, le=1, description="cosine mode: minimum cosine similarity (-1: keep all)")
+    cosine_threshold: float = Field(
+        -1.0, ge=-1, le=1, description="hybrid and cosine modes: minimum cosine similarity of a hit (-1: keep all)"
+    )
+    hybrid_candidates: int = Field(
+        50, ge=1, le=10_000,
+        description="hybrid mode: rows taken from each of the vector and the full-text search before fusion (at least k)",
+    )
     image_scoring: Literal["mean", "max_query"] = Field(
         "mean",
         description="how image rows are scored against a query vector: mean = the one 'vector' per image (BLIP-2: "
@@ -209,7 +245,8 @@ class SearchConfig(_Section):
     rerank_candidates: int = Field(50, ge=1, le=10_000, description="how many retrieved hits a reranker sees (N)")
     rrf_k: int = Field(60, ge=1, description="hybrid reranker: reciprocal rank fusion constant")
     fts_auto_index: bool = Field(
-        True, description="hybrid reranker: create the full-text index when missing and rebuild it when rows are unindexed"
+        True, description="kept for old configs: the full-text index is now always built by indexing and `mmrag maintain`, "
+        "never at query time"
     )
     cross_encoder_model: str | None = Field(
         None, description="cross-encoder reranker: a local directory or a Hugging Face id already in the local cache"
@@ -233,6 +270,14 @@ class SearchConfig(_Section):
     llm_concurrency: int = Field(
         4, ge=1, le=64, description="llm reranker: requests in flight to a remote backend (the embedded model runs one at a time)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """``preset: seed`` fills every field it names that was not given explicitly."""
+        if isinstance(data, dict) and data.get("preset") == "seed":
+            data = {**SEED_SEARCH, **data}
+        return data
 
 
 class LlmConfig(_Section):

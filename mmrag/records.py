@@ -82,7 +82,12 @@ class ImageRef:
     """One place an image appears in a document.
 
     ``src`` is absolute (resolved against the page URL); for ``srcset``/``<picture>`` it is the
-    largest candidate. ``caption_source`` is ``figcaption``, ``alt``, ``title`` or ``none``.
+    largest candidate. ``caption_source`` is ``figcaption``, ``sibling`` (a caption-classed element
+    right after the image or its image-only wrapper, e.g. ``<div class="caption">``), ``alt``,
+    ``title`` or ``none``. ``context_before``/``context_after`` are the nearest article text before
+    and after the image in its section (the image's own caption excluded), whitespace-normalised
+    and clipped to about 400 characters each (the end of the text before, the start of the text
+    after); ``""`` when there is none.
     """
 
     src: str
@@ -93,11 +98,18 @@ class ImageRef:
     section_path: tuple[str, ...]
     position: int
     in_figure: bool = False
+    context_before: str = ""
+    context_after: str = ""
 
     @property
     def caption_missing(self) -> bool:
         """True when no caption, alt or title text exists for this image."""
         return self.caption_source == "none"
+
+    @property
+    def context(self) -> str:
+        """The text around the image: ``context_before`` and ``context_after`` joined by a newline ("" when both are empty)."""
+        return "\n".join(part for part in (self.context_before, self.context_after) if part)
 
 
 @dataclass(frozen=True)
@@ -130,11 +142,17 @@ class Chunk:
     strategy: str
     truncated: bool = False
     published: str | None = None  # the document's publication date (YYYY-MM-DD), copied so filters need no join
+    context: str = ""  # what the embedded text carries before the chunk's own words (title and section), or ""
+
+    @property
+    def search_text(self) -> str:
+        """The text that is embedded and full-text indexed: the context, then the chunk's own words."""
+        return f"{self.context}\n{self.text}" if self.context else self.text
 
     @property
     def content_hash(self) -> str:
-        """Hash of the chunk text alone (what the embedding depends on)."""
-        return sha256_hex(self.text)
+        """Hash of what the embedding depends on: the chunk text, with its context when it has one."""
+        return sha256_hex(self.search_text)
 
     @property
     def id(self) -> str:

@@ -7,7 +7,12 @@ section boundary (consecutive blocks with the same section path form one section
 Strategies (``ChunkingConfig.strategy``):
 
 * ``paragraph``: one chunk per text block (paragraph, list, pre, blockquote, table, caption)
-  of at least ``min_chars`` characters; shorter blocks are dropped (the original design).
+  of at least ``min_chars`` characters; shorter blocks are dropped (the original design). With
+  ``merge_min_tokens`` N, a block under N tokens is merged with the blocks after it in its section
+  until the chunk reaches N tokens or the next block would pass the embedder's limit (a short last
+  run joins the chunk before it when that fits): real posts have many one-line paragraphs ("As a
+  result, training a GAN faces a dilemma:") that mean little alone. A merged chunk is still one
+  slice of ``doc.text``.
 * ``window``: windows of at most ``window_chars`` characters over each section's text,
   consecutive windows sharing about ``window_overlap`` of it. A window ends at the last
   whitespace in its second half (or at ``window_chars`` when there is none) and the next one
@@ -16,6 +21,11 @@ Strategies (``ChunkingConfig.strategy``):
 * ``tokens``: whole sentences packed greedily into chunks of at most ``cfg.max_tokens`` tokens
   (default: the embedder's ``max_tokens``) within a section; a sentence over the budget is
   split at word boundaries (a single word over it, at characters).
+
+Context (``ChunkingConfig.context``): with ``title_section`` each chunk carries
+``"<article title>\n<section path>"`` as :attr:`~mmrag.records.Chunk.context`; the embedded and
+full-text indexed text is that context and the chunk's words (``Chunk.search_text``), while
+``text`` and the offsets stay the page's own. Budgets leave room for the context's tokens.
 
 Oversize rule, after every strategy: a chunk with more than ``max_tokens`` tokens (the
 embedder's limit) is re-packed by sentences into pieces within the limit (``oversize="split"``)
@@ -29,7 +39,7 @@ library is installed and NLTK's punkt data cannot be downloaded here.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from mmrag.config import ChunkingConfig
@@ -211,11 +221,54 @@ def window_spans(text: str, span: Span, size: int, overlap: float) -> list[Span]
     return windows
 
 
+def context_prefix(title: str | None, section_path: Sequence[str]) -> str:
+    """The context line(s) a chunk carries with ``title_section``: the title, then the section path joined by ``>``."""
+    parts = [" ".join((title or "").split()), " > ".join(" ".join(p.split()) for p in section_path if p.strip())]
+    return "\n".join(p for p in parts if p)
+
+
+def merge_short_spans(text: str, spans: Sequence[Span], *, min_tokens: int, max_tokens: int,
+                      count: TokenCounter) -> list[Span]:
+    """Consecutive ``spans`` (blocks of one section, in order) merged into slices of ``text`` of at least
+    ``min_tokens`` tokens where possible, never over ``max_tokens`` (a block already over it stays alone).
+
+    A run grows until it reaches ``min_tokens`` or the next block would pass ``max_tokens``; a last run
+    still short is joined to the run before it when the two fit in ``max_tokens``.
+    """
+    runs: list[Span] = []
+    current: Span | None = None
+    for span in spans:
+        if current is None:
+            current = span
+        elif count(text[current[0]:span[1]]) <= max_tokens:
+            current = (current[0], span[1])
+        else:
+            runs.append(current)
+            current = span
+        if count(text[current[0]:current[1]]) >= min_tokens:
+            runs.append(current)
+            current = None
+    if current is not None:
+        if runs and count(text[runs[-1][0]:current[1]]) <= max_tokens:
+            runs[-1] = (runs[-1][0], current[1])
+        else:
+            runs.append(current)
+    return runs
+
+
 def _strategy_spans(
-    doc: ParsedDocument, cfg: ChunkingConfig, count: TokenCounter, max_tokens: int
+    doc: ParsedDocument, cfg: ChunkingConfig, count: TokenCounter, max_tokens: int,
+    budget_for: Callable[[tuple[str, ...]], int],
 ) -> Iterable[tuple[Span, tuple[str, ...]]]:
     """``(span, section path)`` of every chunk the strategy makes, before the oversize rule."""
     if cfg.strategy == "paragraph":
+        if cfg.merge_min_tokens:
+            for section in _sections(doc):
+                kept = [(s, e) for s, e in section.blocks if e - s >= cfg.min_chars]
+                for span in merge_short_spans(doc.text, kept, min_tokens=cfg.merge_min_tokens,
+                                              max_tokens=budget_for(section.path), count=count):
+                    yield span, section.path
+            return
         for block in doc.blocks:
             if len(block.text) >= cfg.min_chars:
                 yield (block.char_start, block.char_end), block.section_path
@@ -224,7 +277,7 @@ def _strategy_spans(
         if cfg.strategy == "window":
             spans = window_spans(doc.text, (section.start, section.end), cfg.window_chars, cfg.window_overlap)
         else:
-            budget = cfg.max_tokens or max_tokens
+            budget = max(1, (cfg.max_tokens or max_tokens) - (max_tokens - budget_for(section.path)))  # room for the context
             sentences = [
                 (block_start + s, block_start + e)
                 for block_start, block_end in section.blocks
@@ -250,17 +303,33 @@ def chunk_document(
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be positive, got {max_tokens}")
     strategy = cfg.key()
+    contexts: dict[tuple[str, ...], str] = {}
+    budgets: dict[tuple[str, ...], int] = {}
+
+    def context_of(path: tuple[str, ...]) -> str:
+        if path not in contexts:
+            contexts[path] = context_prefix(doc.title, path) if cfg.context != "none" else ""
+        return contexts[path]
+
+    def budget_for(path: tuple[str, ...]) -> int:
+        """The embedder's limit less the context's tokens (at least a quarter of the limit is left for text)."""
+        if path not in budgets:
+            context = context_of(path)
+            budgets[path] = max(max_tokens // 4, max_tokens - count_tokens(context)) if context else max_tokens
+        return budgets[path]
+
     chunks: list[Chunk] = []
-    for (start, end), path in _strategy_spans(doc, cfg, count_tokens, max_tokens):
+    for (start, end), path in _strategy_spans(doc, cfg, count_tokens, max_tokens, budget_for):
+        limit = budget_for(path)
         tokens = count_tokens(doc.text[start:end])
-        if tokens <= max_tokens:
+        if tokens <= limit:
             pieces = [((start, end), tokens, False)]
         elif cfg.oversize == "truncate":
             pieces = [((start, end), tokens, True)]
         else:
             pieces = [
                 ((s, e), count_tokens(doc.text[s:e]), False)
-                for s, e in pack_sentences(doc.text, (start, end), max_tokens, count_tokens)
+                for s, e in pack_sentences(doc.text, (start, end), limit, count_tokens)
             ]
         for (s, e), n_tokens, truncated in pieces:
             chunks.append(
@@ -276,6 +345,7 @@ def chunk_document(
                     strategy=strategy,
                     truncated=truncated,
                     published=doc.published,
+                    context=context_of(path),
                 )
             )
     return chunks

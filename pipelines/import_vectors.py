@@ -42,6 +42,7 @@ from mmrag.records import Chunk, ImageRef
 from mmrag.pipelines import rows as row_builders
 from mmrag.pipelines.store import IMAGE_BLOBS, IndexStore, chunks_table_name, images_table_name
 from mmrag.pipelines.images import inspect_image
+from mmrag.pipelines.maintenance import ensure_text_index
 
 DEFAULT_CHUNKING_KEY = "paragraph"
 
@@ -266,6 +267,7 @@ def import_vectors(
     stale = [i for by_id in store.ids_by_doc(name, doc_urls).values() for i in by_id if i not in ids]
     store.delete_where_in(name, "id", stale)
     store.upsert(name, table)
+    ensure_text_index(store, name)  # hybrid search reads it; queries never build it
     summary = ImportSummary(
         table=name, target=target, embedder=embedder, rows=table.num_rows, dimension=int(vectors.shape[1]),
         documents=len(doc_urls), deleted=len(stale), images_found=images_found, run_id=run_id,

@@ -108,6 +108,15 @@ def ensure_vector_index(index_store: store.IndexStore, name: str, ops: OpsConfig
             "seconds": round(time.perf_counter() - started, 3)}
 
 
+def ensure_text_index(index_store: store.IndexStore, name: str) -> str | None:
+    """Build or bring up to date the full-text index of a content table (``chunks__*``: ``search_text``,
+    ``images__*``: the caption surrogate); None for other tables. Hybrid search needs it."""
+    target = "text" if name.startswith("chunks__") else "images" if name.startswith("images__") else None
+    if target is None:
+        return None
+    return index_store.ensure_fts_index(name, store.fts_column(target, index_store.open_table(name).schema.names))
+
+
 def cleanup_versions(index_store: store.IndexStore, name: str, older_than: timedelta) -> dict[str, int]:
     """Remove untagged versions of table ``name`` older than ``older_than``; tagged versions stay."""
     dataset = index_store.db.open_table(name).to_lance()
@@ -126,6 +135,7 @@ def run_maintenance(index_store: store.IndexStore, ops: OpsConfig, *, tables: li
         entry: dict[str, Any] = {}
         entry.update(compact(index_store, name))
         entry["index"] = ensure_vector_index(index_store, name, ops)
+        entry["fts_index"] = ensure_text_index(index_store, name)
         entry.update(cleanup_versions(index_store, name, older_than))
         entry["versions"] = len(index_store.db.open_table(name).list_versions())
         report["tables"][name] = entry

@@ -40,12 +40,35 @@ Choices worth knowing
 * Blocks: ``paragraph`` (``<p>`` and loose inline text), ``list`` (items joined by ``\\n``),
   ``pre``, ``blockquote``, ``table`` (cells joined by `` | ``, rows by ``\\n``; a table holding
   headings/figures/nested tables is layout and is walked instead) and ``caption`` (a
-  ``<figcaption>`` of a figure without images, e.g. a captioned equation or code listing). The
-  ``<figcaption>`` of an image figure is the image's caption and not a text block.
+  ``<figcaption>`` of a figure without images, e.g. a captioned equation or code listing, and an
+  image's sibling caption, see below). The ``<figcaption>`` of an image figure is the image's
+  caption and not a text block; a sibling caption stays in the text as well (it reads as part of
+  the article, and text labels quote it), as one ``caption`` block.
 * Images: ``<img>`` and ``<picture>``; the largest ``srcset`` candidate by ``w`` (else the highest
   ``x``) across ``<source>``s and the ``<img>``; lazy-load ``data-src``/``data-srcset`` are used
   when ``src`` is missing or a ``data:`` placeholder. ``data:`` URIs are recorded as they are;
   images without any source are skipped.
+* Image captions, first found wins: the ``<figcaption>`` of the image's ``<figure>``; a *sibling
+  caption* (``caption_source="sibling"``); ``alt``; ``title``. Many blogs caption without
+  ``<figure>``: colah's posts write ``<div class="bigcenterimgcontainer"><img><div
+  class="caption">..</div></div>`` or put the caption ``<div>`` right after the image's wrapper,
+  WordPress ``<p class="wp-caption-text">``, Blogger ``<td class="tr-caption">``. A sibling caption
+  is a ``<figcaption>`` or an element whose class contains "caption" (holding no image, heading,
+  list or table), or an element whose text is all inside one such, that *follows* the image, or
+  follows a wrapper the image is the only content of (no text of its own; up to four levels:
+  ``<p><a><img></a></p>``), with only whitespace, ``<br>`` and other images in between: images
+  followed by one caption share it, and a caption after a paragraph is not an image's. Captions
+  before images are not looked for: in the image, caption, image, caption sequence they belong to
+  the previous image. Sibling captions rank below ``<figcaption>`` (the explicit markup) and
+  above ``alt`` (written for screen readers, often empty or a file name; colah's repeat the
+  caption at best).
+* Image context: ``context_before``/``context_after`` hold the article text nearest the image in
+  its section, for the image's text surrogate (most figures are explained by the paragraph that
+  introduces them, "Consider what happens if we unroll the loop:"): the text of the block holding
+  the image on each side of it (an image inside a paragraph or list), else the nearest block
+  before/after in the same section that is not a caption; whitespace-normalised and clipped to
+  about 400 characters (:func:`clip_context`: the end of the text before, the start of the text
+  after).
 """
 
 from __future__ import annotations
@@ -53,6 +76,7 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from urllib.parse import urljoin
 
 import charset_normalizer
@@ -170,6 +194,7 @@ _CHROME_TAGS = (
 )
 _ASCII_WHITESPACE = re.compile(r"[ \t\n\r\f\v]+")
 _BREAK = "\x00"  # marks a structural line break while rendering; NULs are removed from input first
+_MARK = "\x01"  # marks where an image sits when rendering the text around it; removed from input too
 _BREAK_RUN = re.compile(r" *(?:\x00 *)+")
 _XML_PROLOG = re.compile(r"^\s*<\?xml[^>]*\?>")
 
@@ -186,16 +211,23 @@ def _is_text(node: object) -> bool:
 _EXIT = object()  # marks leaving a block element during rendering
 
 
-def _render(nodes: Iterable[object], *, verbatim: bool = False) -> str:
+def _render(nodes: Iterable[object], *, verbatim: bool = False, mark: Tag | None = None,
+            skip: Tag | None = None) -> str:
     """Visible text of ``nodes``: ``<br>`` and nested block boundaries become ``\\n``.
 
-    Iterative, so arbitrarily deep markup cannot exhaust the recursion limit.
+    ``mark`` (an image) is rendered as :data:`_MARK`, so the text around it can be split there;
+    ``skip`` (the image's caption) is left out. Iterative, so arbitrarily deep markup cannot
+    exhaust the recursion limit.
     """
     parts: list[str] = []
     stack: list[object] = list(reversed(list(nodes)))
     while stack:
         node = stack.pop()
         if node is _EXIT:
+            parts.append(_BREAK)
+        elif node is mark:
+            parts.append(_MARK)
+        elif node is skip:
             parts.append(_BREAK)
         elif isinstance(node, Tag):
             if node.name == "br":
@@ -404,15 +436,67 @@ def _img_sources(img: Tag) -> list[tuple[str, float | None, float | None]]:
     return candidates
 
 
-def _figure_caption(figure: Tag) -> str:
+def _figure_caption(figure: Tag) -> Tag | None:
     for caption in figure.find_all("figcaption"):
-        if caption.find_parent("figure") is figure:
-            return _one_line(_render([caption]))
-    return ""
+        if caption.find_parent("figure") is figure and _one_line(_render([caption])):
+            return caption
+    return None
 
 
 def _figure_has_images(figure: Tag) -> bool:
     return figure.find(("img", "picture")) is not None
+
+
+# Sibling captions: how far up image-only wrappers (<a>, <p>, <div class="imgcontainer">, <td>, <tr>)
+# the search climbs, and the longest text a caption's holder may have for its descendants to be searched.
+_CAPTION_WRAPPER_LEVELS = 4
+_CAPTION_HOLDER_MAX_CHARS = 2000
+_NOT_IN_CAPTION = ("img", "picture", "figure", "table", "ul", "ol", "pre", *("h1", "h2", "h3", "h4", "h5", "h6"))
+
+
+def _has_caption_class(tag: Tag) -> bool:
+    classes = tag.get("class") or []
+    if isinstance(classes, str):
+        classes = classes.split()
+    return any("caption" in name.lower() for name in classes)
+
+
+def _caption_shaped(tag: Tag) -> bool:
+    """``<figcaption>`` or a class naming a caption (``caption``, ``wp-caption-text``, ``imageCaption``,
+    ``tr-caption``, ...), holding no image, heading, list, table or figure (``div.wp-caption`` and
+    Blogger's ``table.tr-caption-container`` wrap the image *and* its caption: containers, not captions)."""
+    return (
+        (tag.name == "figcaption" or _has_caption_class(tag))
+        and tag.name not in _NOT_IN_CAPTION
+        and tag.find(_NOT_IN_CAPTION) is None
+    )
+
+
+# -- context -------------------------------------------------------------------------------------
+
+CONTEXT_CHARS = 400  # about this many characters of text are kept on each side of an image
+
+
+def clip_context(text: str, limit: int = CONTEXT_CHARS, *, keep_end: bool = False) -> str:
+    """``text`` whitespace-normalised and cut to about ``limit`` characters at a word boundary.
+
+    The start is kept (``…`` marks the cut at the end), or with ``keep_end`` the end (``…`` first):
+    the text before an image keeps its end, the one nearest the image.
+    """
+    text = normalize_whitespace(text)
+    if len(text) <= limit:
+        return text
+    if keep_end:
+        cut = text[-limit:]
+        space = cut.find(" ")
+        if 0 <= space < limit // 2:
+            cut = cut[space + 1:]
+        return "…" + cut
+    cut = text[:limit]
+    space = cut.rfind(" ")
+    if space > limit // 2:
+        cut = cut[:space]
+    return cut + "…"
 
 
 # -- the walk ------------------------------------------------------------------------------------
@@ -435,10 +519,17 @@ class _Walker:
 
     def __init__(self, root: Tag, base_url: str):
         self.base_url = base_url
+        self.root = root
         self.headings: list[tuple[int, str]] = []
         self.blocks: list[tuple[str, str, tuple[str, ...]]] = []
         self.images: list[ImageRef] = []
         self._holds_blocks = _holds_block_elements(root)
+        self._text_lengths = _subtree_text_lengths(root)
+        self._caption_ids: set[int] = set()  # sibling captions attached to an image: emitted as caption blocks
+        # Per image: (blocks emitted before it, index of the block holding it or None, text before and
+        # after it inside that block), resolved into context_before/context_after by image_contexts().
+        self._anchors: list[tuple[int, int | None, str, str]] = []
+        self._holder: tuple[list[object], int | None] | None = None  # nodes of the block being emitted, its index
 
     # structure
 
@@ -455,11 +546,22 @@ class _Walker:
 
     # emitting
 
-    def _add_block(self, kind: str, text: str) -> None:
-        if text.strip():
-            self.blocks.append((kind, text, self.section_path()))
+    def _add_block(self, kind: str, text: str) -> int | None:
+        """Append a block unless its text is blank; its index, or None when nothing was added."""
+        if not text.strip():
+            return None
+        self.blocks.append((kind, text, self.section_path()))
+        return len(self.blocks) - 1
 
-    def _add_images_in(self, nodes: Iterable[object]) -> None:
+    def _add_images_in(self, nodes: list[object], block_index: int | None = None) -> None:
+        """Record the images inside ``nodes``, the content of the block just emitted (``block_index``)."""
+        self._holder = (nodes, block_index)
+        try:
+            self._add_images(nodes)
+        finally:
+            self._holder = None
+
+    def _add_images(self, nodes: list[object]) -> None:
         for node in nodes:
             if not isinstance(node, Tag):
                 continue
@@ -473,6 +575,7 @@ class _Walker:
                 self._add_image(el)
 
     def _add_image(self, el: Tag) -> None:
+        """One :class:`ImageRef` for ``el`` (an ``<img>`` or ``<picture>``); nothing when it has no source."""
         if el.name == "picture":
             img = el.find("img")
             candidates = [
@@ -493,9 +596,13 @@ class _Walker:
         alt = _one_line(str(img.get("alt") or "")) if img is not None else ""
         title = _one_line(str((img.get("title") if img is not None else None) or el.get("title") or ""))
         figure = el.find_parent("figure")
-        caption = _figure_caption(figure) if figure is not None else ""
-        if caption:
-            source = "figcaption"
+        caption_el = _figure_caption(figure) if figure is not None else None
+        caption = ""
+        if caption_el is not None:
+            caption, source = _one_line(_render([caption_el])), "figcaption"
+        elif (caption_el := self._sibling_caption(el)) is not None:
+            caption, source = _one_line(_render([caption_el])), "sibling"
+            self._caption_ids.add(id(caption_el))
         elif alt:
             caption, source = alt, "alt"
         elif title:
@@ -514,6 +621,95 @@ class _Walker:
                 in_figure=figure is not None,
             )
         )
+        self._anchors.append((len(self.blocks), *self._text_around(el, caption_el)))
+
+    def _text_around(self, el: Tag, caption: Tag | None) -> tuple[int | None, str, str]:
+        """Index of the block holding image ``el`` (None when it stands alone) and that block's text
+        before and after it, the image's own ``caption`` left out."""
+        if self._holder is None:
+            return None, "", ""
+        nodes, index = self._holder
+        if index is None:
+            return None, "", ""
+        rendered = _render(nodes, mark=el, skip=caption)
+        before, _, after = rendered.partition(_MARK)
+        return index, before.replace(_MARK, " "), after.replace(_MARK, " ")
+
+    def _sibling_caption(self, el: Tag) -> Tag | None:
+        """The caption-shaped element right after image ``el``, or after the wrapper(s) ``el`` is the only
+        content of (``<p><a><img></a></p><p class="caption">``); None when anything with text comes first.
+
+        Whitespace, ``<br>`` and other images (or image-only wrappers) are stepped over, so a group of
+        images followed by one caption shares it; anything else stops the search, an empty element
+        too (it may be a script-filled figure or a pruned video with a caption of its own).
+        Only *following* elements are looked at:
+        colah, WordPress, Blogger and Squarespace put captions after images, and looking back would take
+        the previous figure's caption in the common image, caption, image, caption sequence.
+        """
+        node = el
+        for _ in range(_CAPTION_WRAPPER_LEVELS):
+            for sibling in node.next_siblings:
+                if not isinstance(sibling, Tag):
+                    if _is_text(sibling) and sibling.strip():
+                        return None  # loose text between image and caption candidate
+                    continue
+                caption = self._caption_in(sibling)
+                if caption is not None:
+                    return caption
+                if sibling.name != "br" and not self._is_image_group(sibling):
+                    return None
+            parent = node.parent
+            if parent is None or parent is self.root or self._text_lengths.get(id(parent), 0):
+                return None  # the wrapper holds text of its own: the image is not its only content
+            node = parent
+        return None
+
+    def _is_image_group(self, tag: Tag) -> bool:
+        """An image, or an element holding images and no visible text."""
+        return tag.name in ("img", "picture") or (
+            not self._text_lengths.get(id(tag), 0) and tag.find(("img", "picture")) is not None
+        )
+
+    def _caption_in(self, tag: Tag) -> Tag | None:
+        """``tag`` when it is caption-shaped, or its one caption-shaped descendant holding all its text
+        (``<p><span class="caption">..</span></p>``, Blogger's ``<tr><td class="tr-caption">``)."""
+        length = self._text_lengths.get(id(tag), 0)
+        if not length:
+            return None
+        if _caption_shaped(tag):
+            return tag
+        if length > _CAPTION_HOLDER_MAX_CHARS or tag.find(("img", "picture")) is not None:
+            return None
+        inner = tag.find(_caption_shaped)
+        if inner is not None and self._text_lengths.get(id(inner), 0) == length:
+            return inner
+        return None
+
+    def image_contexts(self) -> list[ImageRef]:
+        """The images with ``context_before``/``context_after`` filled in from the blocks around them.
+
+        Each side is the text of the image's holding block on that side of the image when there is
+        some, else the nearest block of the same section that is not a caption (a caption block, or
+        one repeating the image's caption), clipped by :func:`clip_context`.
+        """
+        images = []
+        for ref, (emitted, holder, inside_before, inside_after) in zip(self.images, self._anchors):
+            before = normalize_whitespace(inside_before) or self._nearest_text(ref, holder, range(emitted - 1, -1, -1))
+            after = normalize_whitespace(inside_after) or self._nearest_text(ref, holder, range(emitted, len(self.blocks)))
+            images.append(replace(ref, context_before=clip_context(before, keep_end=True),
+                                  context_after=clip_context(after)))
+        return images
+
+    def _nearest_text(self, ref: ImageRef, holder: int | None, indices: Iterable[int]) -> str:
+        """Text of the first block among ``indices`` that can serve as context for ``ref``; "" at a section change."""
+        caption = normalize_whitespace(ref.caption)
+        for index in indices:
+            kind, text, path = self.blocks[index]
+            if path != ref.section_path:
+                return ""  # nothing nearer in the image's own section
+            if index != holder and kind != "caption" and normalize_whitespace(text) != caption:
+                return text
+        return ""
 
     # walking
 
@@ -541,17 +737,19 @@ class _Walker:
     def _flush(self, run: list[object]) -> None:
         if not run:
             return
-        self._add_block("paragraph", _render(run))
-        self._add_images_in(run)
+        index = self._add_block("paragraph", _render(run))
+        self._add_images_in(list(run), index)
 
     def _leaf(self, kind: str, el: Tag, text: str) -> None:
-        self._add_block(kind, text)
-        self._add_images_in([el])
+        index = self._add_block(kind, text)
+        self._add_images_in([el], index)
 
     def _visit_block(self, el: Tag) -> Tag | None:
         """Emit a block element; return it when it is a container to descend into."""
         name = el.name
-        if name in _HEADINGS:
+        if id(el) in self._caption_ids:  # an earlier image's sibling caption: kept as text, marked a caption
+            self._leaf("caption", el, _render([el]))
+        elif name in _HEADINGS:
             if el.find_parent("a") is not None:  # a teaser card's title, not a section of this page
                 self._leaf("paragraph", el, _render([el]))
                 return None
@@ -680,8 +878,8 @@ def parse_html(body: bytes, url: str, content_type: str | None = None) -> Parsed
         html_text, warnings = body, []
     else:
         html_text, _, warnings = decode_html(body or b"", content_type)
-    # NULs would collide with the render sentinel; an XML prolog means nothing once decoded (and makes bs4 warn).
-    html_text = _XML_PROLOG.sub("", html_text.replace(_BREAK, ""), count=1)
+    # NULs and \x01 would collide with the render sentinels; an XML prolog means nothing once decoded (and makes bs4 warn).
+    html_text = _XML_PROLOG.sub("", html_text.replace(_BREAK, "").replace(_MARK, ""), count=1)
     soup = BeautifulSoup(html_text, "lxml")
 
     base_tag = soup.find("base", href=True)
@@ -732,7 +930,7 @@ def parse_html(body: bytes, url: str, content_type: str | None = None) -> Parsed
         canonical_url=canonical,
         text="\n\n".join(texts),
         blocks=blocks,
-        images=tuple(walker.images),
+        images=tuple(walker.image_contexts()),
         language=language,
         published=published,
         warnings=tuple(warnings),

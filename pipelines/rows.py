@@ -33,6 +33,7 @@ class ImageOccurrence:
     published: str | None = None  # the page's publication date (YYYY-MM-DD)
     ocr_text: str | None = None  # text read from the pixels; None when OCR did not run
     generated_caption: str | None = None  # a vision model's caption (caption enrichment); never the page's own caption
+    nearby_text: str = ""  # the page's text around the image, when images.surrogate_context asks for it
 
     @property
     def id(self) -> str:
@@ -42,9 +43,9 @@ class ImageOccurrence:
     @property
     def surrogate_text(self) -> str:
         """The text standing for this image for text embedders: caption, alt, section title, generated caption
-        (marked as such) and OCR text."""
+        (marked as such), OCR text and, when asked for, the text around it on the page."""
         generated = f"Generated caption: {self.generated_caption}" if self.generated_caption else ""
-        extra = ". ".join(part for part in (generated, self.ocr_text or "") if part.strip())
+        extra = ". ".join(part for part in (generated, self.ocr_text or "", self.nearby_text) if part.strip())
         return image_text_surrogate(self.ref.caption, self.ref.alt, self.ref.section_path, extra=extra)
 
     @property
@@ -133,6 +134,7 @@ def chunks_table(chunks: Sequence[Chunk], vectors: np.ndarray, *, embedder: str,
             "token_count": c.token_count,
             "truncated": c.truncated,
             "text": c.text,
+            "search_text": c.search_text,
             "content_hash": c.content_hash,
             "strategy": c.strategy,
             "embedder": embedder,

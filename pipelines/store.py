@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import lancedb
+from lancedb.index import FTS
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -81,6 +82,14 @@ def open_existing(db_uri: str) -> "IndexStore":
     if not database_exists(db_uri):
         raise FileNotFoundError(f"no database at {db_uri} (run `mmrag index SOURCE…` first)")
     return IndexStore(db_uri)
+
+
+def fts_column(target: str, column_names: Sequence[str]) -> str:
+    """The column the full-text index of a ``target`` (``text`` / ``images``) table covers: what is embedded for
+    it (chunks: ``search_text``, images: the caption surrogate), or the older column a table written before has."""
+    if target == "text":
+        return "search_text" if "search_text" in column_names else "text"
+    return "surrogate_text" if "surrogate_text" in column_names else "caption"
 
 
 def column_index(table, column: str = "vector"):
@@ -146,6 +155,7 @@ def chunks_schema(dimension: int) -> pa.Schema:
             pa.field("token_count", pa.int32()),
             pa.field("truncated", pa.bool_()),
             pa.field("text", pa.string()),
+            pa.field("search_text", pa.string()),
             pa.field("content_hash", pa.string()),
             pa.field("strategy", pa.string()),
             pa.field("embedder", pa.string()),
@@ -280,6 +290,25 @@ class IndexStore:
         """Rows of ``name`` (only ``columns``; those matching the SQL ``where``), at ``version`` when given."""
         return self.open_version(name, version).to_lance().to_table(columns=list(columns) if columns else None,
                                                                     filter=where)
+
+    def ensure_fts_index(self, name: str, column: str) -> str:
+        """Give table ``name`` a native full-text (BM25) index on ``column`` covering every row; returns its name.
+
+        Created when missing; rows added since it was built are folded in (``optimize_indices``). Called
+        when content tables are written (the index flow) and maintained, never at query time, so a search
+        or an eval on a pinned version finds it there and modifies nothing. Rows not yet in the index are
+        still found, by a flat scan.
+        """
+        table = self.open_table(name)
+        existing = [i for i in table.list_indices() if i.index_type == "FTS" and list(i.columns) == [column]]
+        if not existing:
+            table.create_index(column, config=FTS(), replace=True)
+            return f"{column}_idx"
+        index_name = existing[0].name
+        stats = table.index_stats(index_name)
+        if stats is not None and stats.num_unindexed_rows:
+            table.to_lance().optimize.optimize_indices(index_names=[index_name])
+        return index_name
 
     def ensure_table(self, name: str, schema: pa.Schema):
         """Open table ``name``, creating it empty with ``schema`` when absent (an existing table keeps its own schema)."""

@@ -4,10 +4,10 @@
 name             score                                                               needs
 ===============  ==================================================================  ==========================================
 ``none``         the retrieval score                                                  nothing
-``hybrid``       reciprocal rank fusion (k=60) of the vector ranking and a LanceDB    a text query; a native full-text index on
-                 full-text search (BM25) over the same filtered table                 ``text`` (chunks) / ``surrogate_text``
-                                                                                      (images), created or brought up to date
-                                                                                      on first use (``search.fts_auto_index``)
+``hybrid``       reciprocal rank fusion (k=60) of the retrieved ranking and a LanceDB  a text query; the native full-text index on
+                 full-text search (BM25) over the same filtered table                 ``search_text`` (chunks) / ``surrogate_text``
+                                                                                      (images) that indexing and ``mmrag maintain``
+                                                                                      build (never built at query time)
 ``llm``          a chat model's probability of answering "yes" to "is this passage    a text query; an LLM backend that returns
                  relevant?" (:class:`LlmRelevanceScorer`), through the LLM backends    token log-probabilities: the embedded
                  (``search.rerank_llm`` = ``BACKEND:MODEL``, else the ``llm``          llama.cpp model offline, or ``openai``/
@@ -49,7 +49,7 @@ from mmrag.pipelines.llm import make_backend
 from mmrag.pipelines.llm.openai_backend import OpenAIBackend
 from mmrag.pipelines.retrieve.hits import Hit, SearchError, hit_columns, hit_from_row
 from mmrag.pipelines.retrieve.scoring import reciprocal_rank_fusion, row_similarities
-from mmrag.pipelines.store import IMAGE_BLOBS
+from mmrag.pipelines.store import IMAGE_BLOBS, fts_column
 
 RERANKERS = ("none", "hybrid", "llm", "cross-encoder", "model-score")
 
@@ -278,37 +278,15 @@ class ScorerReranker(Reranker):
         return rerank_by_scores(candidates, scores, k=k)
 
 
-def fts_column(target: str, table: Any) -> str:
-    """The column a full-text index covers for ``target``: ``text`` for chunks, the caption surrogate for images."""
-    if target == "text":
-        return "text"
-    return "surrogate_text" if "surrogate_text" in table.schema.names else "caption"
-
-
-def ensure_fts_index(table: Any, column: str, *, create: bool = True) -> str:
-    """Make sure ``table`` has a native full-text index on ``column`` covering every row; returns its name.
-
-    A missing index is created (LanceDB native FTS, ``create_index(column, config=FTS())``); one
-    with unindexed rows gets them added (``optimize_indices``). With ``create=False`` a missing
-    index raises :class:`RerankerUnavailable` instead.
-    """
-    from lancedb.index import FTS
-
-    existing = [i for i in table.list_indices() if i.index_type == "FTS" and list(i.columns) == [column]]
-    if not existing:
-        if not create:
-            raise RerankerUnavailable(
-                f"reranker 'hybrid': no full-text index on column {column!r} (set search.fts_auto_index: true to "
-                "create it on first use)"
-            )
-        table.create_index(column, config=FTS(), replace=True)
-        return f"{column}_idx"
-    name = existing[0].name
-    stats = table.index_stats(name)
-    if create and stats is not None and stats.num_unindexed_rows:
-        table.to_lance().optimize.optimize_indices(index_names=[name])
-        table.checkout_latest()
-    return name
+def require_fts_index(table: Any, column: str) -> str:
+    """The name of ``table``'s full-text index on ``column``; :class:`RerankerUnavailable` saying how to build it
+    when there is none. Never creates or refreshes one: a query must not modify a (possibly pinned) table."""
+    for index in table.list_indices():
+        if index.index_type == "FTS" and list(index.columns) == [column]:
+            return index.name
+    raise RerankerUnavailable(
+        f"reranker 'hybrid': no full-text index on column {column!r}; `mmrag maintain` builds it (indexing does too)"
+    )
 
 
 class HybridReranker(Reranker):
@@ -317,10 +295,8 @@ class HybridReranker(Reranker):
     name = "hybrid"
     needs = "full-text search over the query words"
 
-    def __init__(self, *, rrf_k: int = 60, auto_index: bool = True):
+    def __init__(self, *, rrf_k: int = 60):
         self.rrf_k = rrf_k
-        self.auto_index = auto_index
-        self._indexed_versions: dict[int, int] = {}
 
     def check(self, *, target: str, query_text: str | None, image_query: bool) -> None:
         """Needs a text query."""
@@ -329,10 +305,8 @@ class HybridReranker(Reranker):
     def rerank(self, candidates: Sequence[Hit], context: RerankContext, *, k: int) -> list[Hit]:
         """Fuse the candidates' order with the top ``len(candidates)`` (at least ``k``) full-text hits."""
         table = context.table
-        column = fts_column(context.target, table)
-        if self._indexed_versions.get(id(table)) != table.version:
-            ensure_fts_index(table, column, create=self.auto_index)
-            self._indexed_versions[id(table)] = table.version
+        column = fts_column(context.target, table.schema.names)
+        require_fts_index(table, column)
         columns = hit_columns(context.target, table.schema.names)
         limit = max(len(candidates), k)
         query = table.search(context.query, query_type="fts", fts_columns=column)
@@ -422,7 +396,7 @@ def create_reranker(name: str, cfg: SearchConfig, *, llm: LlmConfig | None = Non
     if name == "none":
         return NoReranker()
     if name == "hybrid":
-        return HybridReranker(rrf_k=cfg.rrf_k, auto_index=cfg.fts_auto_index)
+        return HybridReranker(rrf_k=cfg.rrf_k)
     if name == "llm":
         if scorer is None:
             backend = llm_reranker_backend(cfg, llm or LlmConfig())

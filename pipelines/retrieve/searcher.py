@@ -35,12 +35,14 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import numpy as np
 import pyarrow as pa
+from lancedb.rerankers import RRFReranker
 
 from mmrag.config import MmragConfig, SearchConfig
 from mmrag.pipelines.embed import EmbedderUnavailable, create_embedder, embedder_specs, embedders_with
 from mmrag.pipelines.images import load_rgb
 from mmrag.pipelines.retrieve.filters import Filters, compile_where, dates_where
 from mmrag.pipelines.retrieve.hits import (
+    Hit,
     SearchError,
     SearchResult,
     Target,
@@ -57,7 +59,15 @@ from mmrag.pipelines.retrieve.scoring import (
     softmax_scores,
     top_k_above,
 )
-from mmrag.pipelines.store import DOCUMENTS, MULTIVECTOR, IndexStore, column_index, content_table_name, open_existing
+from mmrag.pipelines.store import (
+    DOCUMENTS,
+    MULTIVECTOR,
+    IndexStore,
+    column_index,
+    content_table_name,
+    fts_column,
+    open_existing,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -76,6 +86,10 @@ class SearchOverrides(TypedDict, total=False):
     reranker: str | None
     rerank_candidates: int | None
     filters: Filters | None
+
+
+#: search modes (``search.mode``)
+MODES = ("hybrid", "cosine", "softmax")
 
 
 @dataclass(frozen=True)
@@ -335,8 +349,8 @@ class Searcher:
         """
         cfg = self.cfg.search
         mode = mode or cfg.mode
-        if mode not in ("softmax", "cosine"):
-            raise SearchError(f"unknown mode {mode!r}: use softmax or cosine")
+        if mode not in MODES:
+            raise SearchError(f"unknown mode {mode!r}: use {', '.join(MODES)}")
         targets = resolve_targets(target or cfg.target)
         if filters and filters.image_status and targets == ("text",):
             raise SearchError("--image-status filters image results; use --target images or both")
@@ -356,7 +370,13 @@ class Searcher:
                 rerank.check(target=tgt, query_text=query_text, image_query=image_query)
             n_keep = max(settings.k, n_rerank) if rerank is not None else settings.k
             t0 = time.perf_counter()
-            hits, n_candidates, exact = self._retrieve(vector, tgt, settings, mode=mode, where=where, n_keep=n_keep)
+            if mode == "hybrid" and query_text is not None and query_text.strip():
+                hits, n_candidates = self._retrieve_hybrid(vector, query_text, tgt, settings, where=where, n_keep=n_keep)
+                exact = False
+            else:  # hybrid needs query words: an image query is searched by its vector alone
+                vector_mode = "cosine" if mode == "hybrid" else mode
+                hits, n_candidates, exact = self._retrieve(vector, tgt, settings, mode=vector_mode, where=where,
+                                                           n_keep=n_keep)
             search_ms += (time.perf_counter() - t0) * 1000
             if rerank is not None:
                 t0 = time.perf_counter()
@@ -400,12 +420,7 @@ class Searcher:
         cfg = self.cfg.search
         table = self.table(target)
         schema = self.schema(target)
-        dimension = schema.field("vector").type.list_size
-        if vector.shape[-1] != dimension:
-            raise SearchError(
-                f"query vector has {vector.shape[-1]} dimensions but {self.table_name(target)} stores {dimension}: "
-                f"the query embedder ({self.embedder_name}) does not match the table's vectors"
-            )
+        self._check_dimension(vector, target, schema)
         exact = False
         if mode == "softmax":
             total = self._count(table, where)
@@ -448,6 +463,71 @@ class Searcher:
             for row, i in zip(records, keep)
         ]
         return ranked(hits), rows.num_rows, exact
+
+    def fts_column(self, target: Target) -> str:
+        """The column ``target``'s full-text index covers; a :class:`SearchError` saying how to build it when missing."""
+        column = fts_column(target, self.schema(target).names)
+        key = (self.table_name(target), f"fts:{column}")
+        if key not in self.tables.index_types:
+            index = column_index(self.table(target), column)
+            self.tables.index_types[key] = index.index_type if index is not None else None
+        if self.tables.index_types[key] != "FTS":
+            raise SearchError(
+                f"{self.table_name(target)} has no full-text index on {column!r}, which hybrid search needs: run "
+                f"`mmrag maintain` once (indexing builds it), or search with --mode cosine"
+            )
+        return column
+
+    def _retrieve_hybrid(
+        self, vector: np.ndarray, query_text: str, target: Target, settings: TargetSettings, *, where: str | None,
+        n_keep: int,
+    ) -> tuple[list[Hit], int]:
+        """LanceDB's hybrid query: the vector and the full-text (BM25) search, each ``hybrid_candidates`` deep,
+        fused by reciprocal rank (``RRFReranker``); returns (the best ``n_keep`` hits at or above the cosine
+        floor, rows fused). Only reads: the full-text index was built when the table was written."""
+        cfg = self.cfg.search
+        table = self.table(target)
+        schema = self.schema(target)
+        self._check_dimension(vector, target, schema)
+        vector_column = self._vector_column(target, schema)
+        text_column = self.fts_column(target)
+        columns = hit_columns(target, schema.names)
+        limit = max(n_keep, cfg.hybrid_candidates)
+        query = (
+            table.search(query_type="hybrid", vector_column_name=vector_column, fts_columns=text_column)
+            .vector(np.asarray(vector, dtype=np.float32))
+            .text(query_text)
+            .distance_type("cosine")
+            .nprobes(cfg.nprobes)
+        )
+        factor = self.refine_factor(target, vector_column)
+        if factor:
+            query = query.refine_factor(refine_factor_for(limit, factor))
+        if where:
+            query = query.where(where, prefilter=True)
+        try:
+            rows = (query.rerank(RRFReranker(K=cfg.rrf_k)).select([*columns, vector_column])
+                    .limit(limit).to_arrow())
+        except Exception as exc:  # noqa: BLE001 - lance raises several types for SQL/schema errors
+            raise SearchError(f"hybrid search on {self.table_name(target)} failed: {_first_line(exc)}") from None
+        if rows.num_rows == 0:
+            return [], 0
+        similarities = row_similarities(vector, rows, vector_column)
+        fused = np.asarray(rows.column("_relevance_score").to_pylist(), dtype=np.float64)
+        floor = settings.threshold
+        keep = [i for i in range(rows.num_rows) if similarities[i] >= floor][:n_keep]  # rows come best first
+        records = rows.select(columns).take(pa.array(keep, type=pa.int64())).to_pylist()
+        hits = [hit_from_row(row, target=target, similarity=similarities[i], retrieval_score=fused[i], score=fused[i])
+                for row, i in zip(records, keep)]
+        return ranked(hits), rows.num_rows
+
+    def _check_dimension(self, vector: np.ndarray, target: Target, schema: pa.Schema) -> None:
+        dimension = schema.field("vector").type.list_size
+        if vector.shape[-1] != dimension:
+            raise SearchError(
+                f"query vector has {vector.shape[-1]} dimensions but {self.table_name(target)} stores {dimension}: "
+                f"the query embedder ({self.embedder_name}) does not match the table's vectors"
+            )
 
     def _vector_column(self, target: Target, schema: pa.Schema) -> str:
         """``vector``, or ``vector_multi`` for images with ``search.image_scoring = max_query`` (an error when the

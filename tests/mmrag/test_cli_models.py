@@ -85,7 +85,10 @@ def test_classify_table_lists_each_image_with_label_columns(clip_dir, image_file
     header, *rows = result.stdout.strip().splitlines()
     assert header.split() == ["image", "cat", "dog", "best"]
     assert len(rows) == 2 and rows[0].startswith(str(image_files[0]))
-    assert rows[0].split()[-1] in ("cat", "dog")
+    for row in rows:
+        *_, cat, dog, best = row.split()
+        assert float(cat) + float(dog) == pytest.approx(1.0, abs=2e-3)  # printed probabilities, rounded
+        assert best == ("cat" if float(cat) >= float(dog) else "dog")
 
 
 def test_classify_reports_each_bad_image_on_one_line_and_exits_1(clip_dir, image_files, tmp_path):
@@ -116,7 +119,9 @@ def test_classify_with_blip2_uses_its_checkpoint(tmp_path, image_files):
          "--embedder", "blip2", "--model-path", str(blip2_dir), "--template", "a photo of a {}", "--json"],
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)[0]["best"] in ("cat", "dog")
+    row = json.loads(result.stdout)[0]
+    assert set(row["probabilities"]) == {"cat", "dog"} and sum(row["probabilities"].values()) == pytest.approx(1.0)
+    assert row["best"] == max(row["probabilities"], key=row["probabilities"].get)
 
 
 def test_classify_without_weights_fails_with_how_to_provide_them(image_files, empty_hf_cache):

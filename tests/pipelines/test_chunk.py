@@ -95,6 +95,42 @@ def test_paragraph_one_chunk_per_block_of_min_chars():
     assert chunk(DOC, min_chars=10_000) == []
 
 
+def test_short_paragraphs_merge_with_their_neighbours_within_a_section():
+    doc = make_doc(
+        ("As a result, training faces a dilemma:", ("GANs",)),
+        ("the generator and the discriminator must improve at the same pace or learning stalls.", ("GANs",)),
+        ("A long paragraph of its own with many words in it, comfortably over the minimum merge size.", ("GANs",)),
+        ("A short closing line, nothing more.", ("GANs",)),
+        ("Another section starts with a short one.", ("VAEs",)),
+    )
+    chunks = chunk(doc, merge_min_tokens=12)
+    assert_exact_offsets(doc, chunks)
+    assert [c.text.count("\n\n") for c in chunks] == [1, 1, 0]  # 1+2 merged; the short last one joins the third
+    assert chunks[0].text.startswith("As a result") and chunks[0].text.endswith("learning stalls.")
+    assert chunks[1].text.endswith("A short closing line, nothing more.")
+    assert [c.section_path for c in chunks] == [("GANs",), ("GANs",), ("VAEs",)]  # never across sections
+    assert chunks[0].strategy == "paragraph-m12"
+    # the embedder's limit wins over the minimum: nothing over it is ever built
+    tight = chunk(doc, embedder_max=16, merge_min_tokens=12)
+    assert all(count_words(c.text) <= 16 for c in tight)
+    assert chunk(doc) == chunk(doc, merge_min_tokens=0)  # off by default: the design's one chunk per paragraph
+
+
+def test_context_is_embedded_but_the_stored_text_and_offsets_stay_the_pages_own():
+    plain = chunk(DOC)
+    with_context = chunk(DOC, context="title_section")
+    assert [c.text for c in with_context] == [c.text for c in plain]
+    assert_exact_offsets(DOC, with_context)
+    first = with_context[2]
+    assert first.context == "Doc\nA > C" and first.search_text == "Doc\nA > C\n" + first.text
+    assert plain[2].context == "" and plain[2].search_text == plain[2].text
+    assert first.content_hash != plain[2].content_hash and first.id != plain[2].id
+    assert with_context[0].strategy == "paragraph-ctx"
+    # budgets leave room for the context's tokens
+    tokens = chunk(DOC, strategy="tokens", embedder_max=12, context="title_section")
+    assert all(count_words(c.search_text) <= 12 for c in tokens)
+
+
 def test_window_sizes_overlap_and_sections():
     size, overlap = 64, 0.25
     chunks = chunk(DOC, strategy="window", window_chars=size, window_overlap=overlap)

@@ -442,6 +442,12 @@ def test_svg_external_entity_is_not_resolved(tmp_path):
     ).encode()
     info = inspect(xxe)
     assert info.status in ("ok", "corrupt")
+    stored = b"".join(v for v in (info.raster_png, info.thumbnail_png) if v)
+    assert b"TOPSECRET" not in stored and "TOPSECRET" not in (info.error or "")
+    if info.status == "ok" and info.raster_png:
+        # the entity is not expanded: the rendering equals that of the same SVG with an empty <text>
+        empty = xxe.replace(b"<text>&x;</text>", b"<text></text>")
+        assert info.raster_png == inspect(empty).raster_png
 
 
 def test_html_with_inline_svg_is_not_svg():

@@ -26,7 +26,7 @@ from mmrag.pipelines.retrieve.rerank import (
     yes_probability,
 )
 from mmrag.pipelines.retrieve.scoring import reciprocal_rank_fusion
-from mmrag.pipelines.retrieve import Filters, Hit, Searcher
+from mmrag.pipelines.retrieve import Filters, Hit, SearchError, Searcher
 from mmrag.pipelines.store import IndexStore
 from tests.fake_llm_server import FakeModel, serve_fake_llm, unused_port
 from tests.helpers import embedded_llm_cache
@@ -100,7 +100,7 @@ def searcher_for(store: IndexStore, llm: dict | None = None, **search) -> Search
     return Searcher(cfg, store=store)
 
 
-def test_hybrid_fuses_full_text_matches_and_keeps_its_index_fresh(word_table, tmp_path):
+def test_hybrid_fuses_full_text_matches_and_its_index_is_kept_fresh_by_writers(word_table, tmp_path):
     store, vectors, records = word_table
     searcher = searcher_for(store)
     top5 = set(np.argsort(-(vectors @ vectors[0]))[:5] % 10)
@@ -110,7 +110,7 @@ def test_hybrid_fuses_full_text_matches_and_keeps_its_index_fresh(word_table, tm
     hybrid = searcher.search_vector(vectors[0], query_text=word, k=3, reranker="hybrid", rerank_candidates=5)
     table = store.open_table("chunks__synth__paragraph")
     fts = [i for i in table.list_indices() if i.index_type == "FTS"]
-    assert [list(i.columns) for i in fts] == [["text"]]
+    assert [list(i.columns) for i in fts] == [["search_text"]]
     word_ids = {r["id"] for r in table.to_arrow().to_pylist() if word in r["text"]}
     assert len(word_ids) == 3
     vector_ids = [h.id for h in searcher.search_vector(vectors[0], k=5).hits]
@@ -122,7 +122,7 @@ def test_hybrid_fuses_full_text_matches_and_keeps_its_index_fresh(word_table, tm
     assert full_text_only and all(h.retrieval_score is None and -1 <= h.similarity <= 1 for h in full_text_only)
     assert hybrid.reranker == "hybrid" and "rerank" in hybrid.timings_ms
 
-    # rows added later are brought into the index on the next hybrid query
+    # rows written later are brought into the index by the writer (here import_vectors), not by the query
     more = [{"text": f"a brand new {word} {word} {word} report", "article_title": "New", "section": "Body",
              "url": "https://ex.example/new"}]
     np.save(tmp_path / "v2.npy", unit_rows(1, 16, seed=99))
@@ -137,14 +137,26 @@ def test_hybrid_fuses_full_text_matches_and_keeps_its_index_fresh(word_table, tm
 
 def test_hybrid_respects_filters_and_needs_a_text_query(word_table):
     store, vectors, _ = word_table
-    with pytest.raises(RerankerUnavailable, match="no full-text index"):
-        searcher_for(store, fts_auto_index=False).search_vector(vectors[0], query_text="glacier", reranker="hybrid")
     searcher = searcher_for(store)
     hits = searcher.search_vector(vectors[0], query_text="glacier", k=5, reranker="hybrid",
                                   filters=Filters(title="Article 1")).hits
     assert hits and {h.article_title for h in hits} == {"Article 1"}
     with pytest.raises(RerankerUnavailable, match="needs a text query"):
         searcher.search_vector(vectors[0], k=3, reranker="hybrid")
+
+
+def test_hybrid_never_builds_an_index_at_query_time(word_table):
+    store, vectors, _ = word_table
+    table = store.open_table("chunks__synth__paragraph")
+    for index in table.list_indices():
+        if index.index_type == "FTS":
+            table.drop_index(index.name)
+    version = store.open_table("chunks__synth__paragraph").version
+    with pytest.raises(RerankerUnavailable, match="no full-text index.*mmrag maintain"):
+        searcher_for(store).search_vector(vectors[0], query_text="glacier", reranker="hybrid")
+    with pytest.raises(SearchError, match="no full-text index.*mmrag maintain"):
+        searcher_for(store, mode="hybrid").search_vector(vectors[0], query_text="glacier")
+    assert store.open_table("chunks__synth__paragraph").version == version
 
 
 # --------------------------------------------------------------------------- llm: through the LLM backends

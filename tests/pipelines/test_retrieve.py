@@ -22,6 +22,7 @@ from mmrag.pipelines.retrieve import (
     top_k_above,
 )
 from mmrag.pipelines.retrieve.filters import published_where
+from mmrag.pipelines import store as store_module
 from mmrag.pipelines.store import IndexStore
 from tests.helpers import SAMPLE_DIR
 
@@ -474,7 +475,7 @@ def test_indexed_tables_use_nprobes_and_refine_and_match_exact_search(tmp_path, 
     assert searcher.index_type("text") is None and searcher.refine_factor("text") == AUTO_REFINE_DEFAULT
     table.create_index("vector", config=config)
     lance_type = {"IVF_SQ": "IvfSq", "IVF_PQ": "IvfPq"}[index_type]
-    assert table.list_indices()[0].index_type == lance_type
+    assert store_module.column_index(table, "vector").index_type == lance_type
     assert searcher.index_type("text") is None  # the table as opened before the index was built
     searcher.refresh()
     assert searcher.index_type("text") == lance_type

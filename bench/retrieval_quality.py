@@ -1,0 +1,163 @@
+"""Retrieval quality on a real blog: which search and chunking settings win on the colah dev set.
+
+Serves ``../shared/corpora/colah`` on 127.0.0.1, indexes its 14 posts once per chunking setting
+(the image table is shared), and evaluates ``data/eval/colah.jsonl`` under a grid of
+{seed preset, cosine, hybrid} × {paragraph, merged paragraph, tokens, window} × {context on, off}
+× k. Prints recall@5, nDCG@10 and MRR per target, with paired significance (ranx's tests through
+:func:`mmrag.eval.significance.compare_per_query`) of every setting against two references: the
+seed preset and plain cosine, both over paragraph chunks without context.
+
+    .venv/bin/python -m bench.retrieval_quality                  # the whole grid (about 20 min on 2 cores)
+    .venv/bin/python -m bench.retrieval_quality --quick          # paragraph chunks only, k 10
+    .venv/bin/python -m bench.retrieval_quality --write-results  # also replace its section of bench/RESULTS.md
+
+Tune nothing to one question: the colah set is for development; held-out sets are measured the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from threading import Thread
+
+from bench._run import ROOT, isolate_prefect
+from bench.machine import machine_info
+from bench.results import replace_section
+from mmrag.config import load_config
+from mmrag.eval.evalset import load_evalset
+from mmrag.eval.significance import compare_per_query
+from mmrag.eval.sweep import point_config, run_sweep, setting_id
+from mmrag.flows.index import run_index
+
+CORPUS = ROOT.parent / "shared" / "corpora" / "colah"
+QUERIES = ROOT / "data" / "eval" / "colah.jsonl"
+METRICS = ("recall@5", "ndcg@10", "mrr")
+SEED = {"preset": "seed"}
+CHUNKINGS = {
+    "paragraph": {"chunking": "paragraph"},
+    "paragraph-m48": {"chunking": "paragraph", "merge_min_tokens": 48},
+    "tokens-128": {"chunking": "tokens", "chunk_size": 128},
+    "window-512": {"chunking": "window", "chunk_size": 512},
+}
+SEARCHES = {"seed": SEED, "cosine": {"mode": "cosine"}, "hybrid": {"mode": "hybrid"}}
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - http.server's signature
+        pass
+
+
+def serve(root: Path, port: int) -> tuple[ThreadingHTTPServer, str]:
+    """``root`` over HTTP on 127.0.0.1:``port`` in a thread; returns the server and its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), functools.partial(_Quiet, directory=str(root)))
+    Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def grid_points(quick: bool) -> list[dict]:
+    """Every setting measured: search × chunking × context × k (the seed preset keeps its own k)."""
+    chunkings = {"paragraph": CHUNKINGS["paragraph"]} if quick else CHUNKINGS
+    ks = [10] if quick else [5, 10]
+    points = []
+    for chunking in chunkings.values():
+        for context in ("none", "title_section"):
+            for name, search in SEARCHES.items():
+                for k in ([None] if name == "seed" else ks):
+                    point = {**chunking, "context": context, **search}
+                    if k is not None:
+                        point["k"] = k
+                    points.append(point)
+    return points
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Index, sweep, compare; prints a table and returns 0 (2 when the corpus is absent)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="paragraph chunks only, k 10")
+    parser.add_argument("--ocr", action=argparse.BooleanOptionalAction, default=True, help="OCR figures (default on)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep the database here (reused when present: same --port, so the page URLs match)")
+    parser.add_argument("--port", type=int, default=8766, help="loopback port the corpus is served on")
+    parser.add_argument("--write-results", action="store_true", help="replace this bench's section of bench/RESULTS.md")
+    args = parser.parse_args(argv)
+    if not (CORPUS / "posts").is_dir():
+        print(f"skipped: the colah corpus is not at {CORPUS}")
+        return 2
+    work = isolate_prefect()
+    db_dir = (args.workdir or work) / "colah-db"
+    server, base_url = serve(CORPUS, args.port)
+    started = time.perf_counter()
+    try:
+        sources = [f"{base_url}/posts/{p.name}/" for p in sorted((CORPUS / "posts").iterdir()) if p.is_dir()]
+        base = load_config(None, {"store.db_uri": str(db_dir), "store.raw_dir": str(db_dir.parent / "colah-raw"),
+                                  "progress": False, "images.ocr": args.ocr, "eval.target": "both",
+                                  "fetch.respect_robots": False})
+        entries = load_evalset(QUERIES)
+        points = grid_points(args.quick)
+        index_seconds: dict[str, float] = {}
+
+        def index_group(cfg, missing):
+            if missing:
+                t0 = time.perf_counter()
+                run_index(sources, cfg)
+                index_seconds[cfg.chunking.key()] = round(time.perf_counter() - t0, 1)
+
+        sweep = run_sweep(entries, base, {}, queries_path=QUERIES, index_group=index_group, points=points,
+                          log=lambda msg: print(f"  {msg}", flush=True))
+    finally:
+        server.shutdown()
+    elapsed = time.perf_counter() - started
+    ids = [setting_id(p) for p in sweep.points]
+    per_query = {sid: result.per_query for sid, result in zip(ids, sweep.results)}
+    seed_id = setting_id({**CHUNKINGS["paragraph"], "context": "none", **SEED})
+    cosine_id = next(i for i in ids if i == setting_id({**CHUNKINGS["paragraph"], "context": "none", "mode": "cosine",
+                                                          "k": 10}))
+    rows = []
+    for sid, result in zip(ids, sweep.results):
+        row = {"setting": sid, "table": point_config(base, sweep.points[ids.index(sid)]).chunking.key()}
+        for target in ("text", "image"):
+            overall = result.summary["overall"].get(target, {})
+            for metric in METRICS:
+                row[f"{target} {metric}"] = overall.get(metric)
+            for ref_name, ref in (("seed", seed_id), ("cosine", cosine_id)):
+                tests = compare_per_query(per_query[ref], result.per_query, ["recall@5"], targets=[target])
+                row[f"{target} r@5 p vs {ref_name}"] = tests[0]["p_value"] if tests else None
+        rows.append(row)
+    text = report(rows, args, elapsed, index_seconds)
+    print(text)
+    if args.write_results:
+        replace_section(text, "## retrieval_quality")
+    return 0
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def report(rows: list[dict], args: argparse.Namespace, elapsed: float, index_seconds: dict[str, float]) -> str:
+    """The Markdown section: command, machine, then one row per setting, best text recall@5 first."""
+    rows = sorted(rows, key=lambda r: -(r["text recall@5"] or 0))
+    columns = ["setting", "text recall@5", "text ndcg@10", "text mrr", "text r@5 p vs seed", "text r@5 p vs cosine",
+               "image recall@5", "image ndcg@10", "image mrr", "image r@5 p vs seed", "image r@5 p vs cosine"]
+    lines = ["## retrieval_quality", "",
+             f"Command: `.venv/bin/python -m bench.retrieval_quality{' --quick' if args.quick else ''}"
+             f"{'' if args.ocr else ' --no-ocr'}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+             f"{elapsed:.0f} s; index seconds per chunk table: {json.dumps(index_seconds)})", "",
+             machine_info(), "",
+             "data/eval/colah.jsonl (44 text, 22 figure questions) over the 14 colah posts served on 127.0.0.1, "
+             "MiniLM. p: paired t-test (ranx via compare_per_query) of recall@5 against the seed preset and "
+             "against plain cosine, both on paragraph chunks without context.", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
