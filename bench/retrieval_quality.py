@@ -43,7 +43,8 @@ CHUNKINGS = {
     "tokens-128": {"chunking": "tokens", "chunk_size": 128},
     "window-512": {"chunking": "window", "chunk_size": 512},
 }
-SEARCHES = {"seed": SEED, "cosine": {"mode": "cosine"}, "hybrid": {"mode": "hybrid"}}
+SEARCHES = {"seed": SEED, "cosine": {"mode": "cosine"}, "hybrid": {"mode": "hybrid"},
+            "hybrid-linear": {"mode": "hybrid", "hybrid_fusion": "linear", "hybrid_vector_weight": 0.8}}
 
 
 class _Quiet(SimpleHTTPRequestHandler):
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the database here (reused when present: same --port, so the page URLs match)")
     parser.add_argument("--port", type=int, default=8766, help="loopback port the corpus is served on")
+    parser.add_argument("--surrogate-context", choices=["none", "nearby"], default="none",
+                        help="images.surrogate_context of the index (the image table is shared: use another --workdir)")
     parser.add_argument("--write-results", action="store_true", help="replace this bench's section of bench/RESULTS.md")
     args = parser.parse_args(argv)
     if not (CORPUS / "posts").is_dir():
@@ -95,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         sources = [f"{base_url}/posts/{p.name}/" for p in sorted((CORPUS / "posts").iterdir()) if p.is_dir()]
         base = load_config(None, {"store.db_uri": str(db_dir), "store.raw_dir": str(db_dir.parent / "colah-raw"),
                                   "progress": False, "images.ocr": args.ocr, "eval.target": "both",
+                                  "images.surrogate_context": args.surrogate_context,
                                   "fetch.respect_robots": False})
         entries = load_evalset(QUERIES)
         points = grid_points(args.quick)
@@ -147,7 +151,7 @@ def report(rows: list[dict], args: argparse.Namespace, elapsed: float, index_sec
                "image recall@5", "image ndcg@10", "image mrr", "image r@5 p vs seed", "image r@5 p vs cosine"]
     lines = ["## retrieval_quality", "",
              f"Command: `.venv/bin/python -m bench.retrieval_quality{' --quick' if args.quick else ''}"
-             f"{'' if args.ocr else ' --no-ocr'}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+             f"{'' if args.ocr else ' --no-ocr'} --surrogate-context {args.surrogate_context}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
              f"{elapsed:.0f} s; index seconds per chunk table: {json.dumps(index_seconds)})", "",
              machine_info(), "",
              "data/eval/colah.jsonl (44 text, 22 figure questions) over the 14 colah posts served on 127.0.0.1, "

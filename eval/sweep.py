@@ -49,8 +49,8 @@ from mmrag.pipelines.retrieve.hits import Target, resolve_targets
 from mmrag.pipelines.retrieve.searcher import Searcher
 from mmrag.pipelines.store import chunks_table_name, database_exists, images_table_name, open_existing
 
-GRID_KEYS = ("embedder", "chunking", "chunk_size", "context", "merge_min_tokens", "preset", "mode", "reranker",
-             "image_scoring", "k", "text_k", "image_k", "threshold", "temperature")
+GRID_KEYS = ("embedder", "chunking", "chunk_size", "context", "merge_min_tokens", "preset", "mode", "hybrid_fusion",
+             "hybrid_vector_weight", "reranker", "image_scoring", "k", "text_k", "image_k", "threshold", "temperature")
 SETTING_COLUMNS = ("embedder", "chunking", "mode", "reranker", "image_scoring", "text_k", "text_threshold", "text_temperature",
                    "image_k", "image_threshold", "image_temperature")
 PRIMARY_METRICS = ("recall@5", "ndcg@10", "mrr")
@@ -126,7 +126,7 @@ def point_overrides(point: Mapping[str, Any], *, mode: str) -> dict[str, Any]:
             out[f"chunking.{key}"] = value
         elif key == "preset":
             out["search.preset"] = value
-        elif key in ("mode", "reranker", "image_scoring"):
+        elif key in ("mode", "reranker", "image_scoring", "hybrid_fusion", "hybrid_vector_weight"):
             out[f"search.{key}"] = value
         elif key == "k":
             out["search.text_k"] = out["search.image_k"] = value

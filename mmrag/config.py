@@ -207,6 +207,13 @@ class SearchConfig(_Section):
     cosine_threshold: float = Field(
         -1.0, ge=-1, le=1, description="hybrid and cosine modes: minimum cosine similarity of a hit (-1: keep all)"
     )
+    hybrid_fusion: Literal["rrf", "linear"] = Field(
+        "rrf",
+        description="hybrid mode: how the vector and full-text rankings are fused: rrf (reciprocal rank, rrf_k; LanceDB's "
+        "RRFReranker) or linear (hybrid_vector_weight × vector score + the rest × BM25 score, both normalised; LanceDB's "
+        "LinearCombinationReranker)",
+    )
+    hybrid_vector_weight: float = Field(0.7, ge=0, le=1, description="hybrid mode, linear fusion: weight of the vector score")
     hybrid_candidates: int = Field(
         50, ge=1, le=10_000,
         description="hybrid mode: rows taken from each of the vector and the full-text search before fusion (at least k)",

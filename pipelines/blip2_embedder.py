@@ -43,7 +43,7 @@ from mmrag.pipelines.clip_embedder import (
     load_failure,
     load_pretrained,
     max_text_tokens,
-    register_text_image_embedder,
+    text_image_spec,
     require_model_type,
     torch_dtype,
 )
@@ -181,7 +181,8 @@ def mean_pooled(image_multi: np.ndarray) -> np.ndarray:
     return (pooled / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
 
 
-register_text_image_embedder(
+#: registered as ``blip2`` by :mod:`mmrag.pipelines.embed`
+SPEC = text_image_spec(
     "blip2", Blip2Embedder, DEFAULT_CHECKPOINT,
     f"BLIP-2 Q-Former ({DEFAULT_CHECKPOINT} by default): texts and images in its 256-d ITC space; "
     "images as 32 query vectors (max-over-queries score) or their mean",

@@ -35,8 +35,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+from scipy.special import softmax  # zero-shot probabilities (re-exported for the CLI)
 
 from mmrag.config import EmbedConfig, ImageConfig
+from mmrag.pipelines.embedder_base import EmbedderSpec, EmbedderUnavailable, iter_batches, resolve_device
+from mmrag.pipelines.images import load_rgb
 
 if TYPE_CHECKING:
     import torch
@@ -222,13 +225,6 @@ def l2_normalised(features: torch.Tensor) -> np.ndarray:
     return vectors.cpu().numpy().astype(np.float32, copy=False)
 
 
-def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax of ``logits`` along ``axis``."""
-    shifted = logits - logits.max(axis=axis, keepdims=True)
-    weights = np.exp(shifted)
-    return weights / weights.sum(axis=axis, keepdims=True)
-
-
 def _pooled(output: Any) -> torch.Tensor:
     """Projected features from ``get_*_features``: a tensor (transformers 4) or ``.pooler_output`` (5)."""
     import torch
@@ -406,33 +402,19 @@ class ClipEmbedder(TextImageEmbedder):
         return l2_normalised(_pooled(features))
 
 
-# Imported last on purpose: mmrag.pipelines.embed imports this module (and blip2_embedder, which builds on
-# the definitions above) when it loads, so everything above must exist before mmrag.pipelines.embed is
-# first loaded from here. The functions above only use these names when called.
-from mmrag.pipelines.embed import (  # noqa: E402
-    EmbedderSpec,
-    EmbedderUnavailable,
-    iter_batches,
-    register_embedder,
-    resolve_device,
-)
-from mmrag.pipelines.images import load_rgb
-
-
-def register_text_image_embedder(name: str, embedder_class: type, default_checkpoint: str, description: str) -> None:
-    """Register ``name`` as a text+image embedder built by ``embedder_class(checkpoint_dir, cfg)``; the checkpoint
+def text_image_spec(name: str, embedder_class: type, default_checkpoint: str, description: str) -> EmbedderSpec:
+    """The registry entry of a text+image embedder built by ``embedder_class(checkpoint_dir, cfg)``; the checkpoint
     is found by :func:`locate_checkpoint` (``--model-path``, the Hugging Face cache, else a clear error)."""
-    register_embedder(
-        EmbedderSpec(
-            name=name,
-            modalities=frozenset({"text", "image"}),
-            description=description,
-            factory=lambda cfg: embedder_class(locate_checkpoint(name, default_checkpoint, cfg), cfg),
-        )
+    return EmbedderSpec(
+        name=name,
+        modalities=frozenset({"text", "image"}),
+        description=description,
+        factory=lambda cfg: embedder_class(locate_checkpoint(name, default_checkpoint, cfg), cfg),
     )
 
 
-register_text_image_embedder(
+#: registered as ``clip`` by :mod:`mmrag.pipelines.embed`
+SPEC = text_image_spec(
     "clip", ClipEmbedder, DEFAULT_CHECKPOINT,
     f"CLIP ({DEFAULT_CHECKPOINT} by default; any CLIP checkpoint via --model-path): text and images in one space, "
     "77-token texts",

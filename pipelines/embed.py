@@ -18,39 +18,9 @@ from typing import ContextManager, Protocol, runtime_checkable
 import numpy as np
 
 from mmrag.config import EmbedConfig
+from mmrag.pipelines import blip2_embedder, clip_embedder
+from mmrag.pipelines.embedder_base import Embedder, EmbedderSpec, EmbedderUnavailable, iter_batches, resolve_device
 
-
-
-class EmbedderUnavailable(RuntimeError):
-    """The embedder's weights or runtime cannot be loaded; the message says how to provide them."""
-
-
-@runtime_checkable
-class Embedder(Protocol):
-    """What every embedder offers. ``embed_images`` exists only when ``"image" in modalities``."""
-
-    name: str
-    dimension: int
-    modalities: frozenset[str]
-    max_input_tokens: int
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens the model's own tokenizer makes of ``text`` (special tokens included)."""
-        ...
-
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """``(len(texts), dimension)`` float32, L2-normalised."""
-        ...
-
-
-@dataclass(frozen=True)
-class EmbedderSpec:
-    """A registry entry: how to build an embedder and what it is, without loading it."""
-
-    name: str
-    modalities: frozenset[str]
-    description: str
-    factory: Callable[[EmbedConfig], Embedder]
 
 
 _REGISTRY: dict[str, EmbedderSpec] = {}
@@ -126,21 +96,6 @@ class LazyEmbedder:
 def load_now(embedder: Embedder) -> None:
     """Build a :class:`LazyEmbedder` now, also behind a proxy that forwards attributes (a no-op for a built one)."""
     getattr(embedder, "dimension")  # noqa: B009 - any model attribute makes a lazy embedder load
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` becomes ``cuda`` when a GPU is visible to torch, else ``cpu``; anything else is kept."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def iter_batches(items: Sequence, batch_size: int) -> Iterable[Sequence]:
-    """Consecutive slices of ``items`` of at most ``batch_size``."""
-    for start in range(0, len(items), batch_size):
-        yield items[start : start + batch_size]
 
 
 def embed_in_batches(
@@ -255,15 +210,6 @@ def image_text_surrogate(caption: str, alt: str, section_path: Sequence[str], ex
     return ". ".join(parts)
 
 
-def _register_builtin_multimodal() -> None:
-    """Register ``clip`` and ``blip2``; their modules import torch/transformers only when an embedder is built."""
-    import importlib
-
-    for module in ("mmrag.pipelines.clip_embedder", "mmrag.pipelines.blip2_embedder"):
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            pass
-
-
-_register_builtin_multimodal()
+# clip and blip2: their modules import torch and transformers only when an embedder is built
+register_embedder(clip_embedder.SPEC)
+register_embedder(blip2_embedder.SPEC)

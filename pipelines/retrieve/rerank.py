@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from scipy.special import softmax
 
 from mmrag.config import ImageConfig, LlmConfig, SearchConfig
 from mmrag.pipelines.llm.base import ChatMessage, LlmError, LogprobsBackend
@@ -227,8 +228,7 @@ class CrossEncoderScorer:
             self._model.predict([(query, p) for p in passages], batch_size=self.batch_size, show_progress_bar=False)
         )
         if scores.ndim == 2:  # two-class heads: probability of the last ("relevant") class
-            shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
-            scores = (shifted / shifted.sum(axis=1, keepdims=True))[:, -1]
+            scores = softmax(scores, axis=1)[:, -1]
         return [float(s) for s in scores]
 
 

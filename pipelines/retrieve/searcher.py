@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import numpy as np
 import pyarrow as pa
-from lancedb.rerankers import RRFReranker
+from lancedb.rerankers import LinearCombinationReranker, RRFReranker
 
 from mmrag.config import MmragConfig, SearchConfig
 from mmrag.pipelines.embed import EmbedderUnavailable, create_embedder, embedder_specs, embedders_with
@@ -123,6 +123,13 @@ def target_settings(
     if settings.temperature <= 0:
         raise SearchError(f"temperature must be positive, got {settings.temperature}")
     return settings
+
+
+def hybrid_reranker(cfg: SearchConfig) -> RRFReranker | LinearCombinationReranker:
+    """LanceDB's fusion of the vector and full-text rankings that ``search.hybrid_fusion`` names."""
+    if cfg.hybrid_fusion == "linear":
+        return LinearCombinationReranker(weight=cfg.hybrid_vector_weight)
+    return RRFReranker(K=cfg.rrf_k)
 
 
 def require_modality(embedder_name: str, modalities: frozenset[str] | set[str], modality: str) -> None:
@@ -506,8 +513,7 @@ class Searcher:
         if where:
             query = query.where(where, prefilter=True)
         try:
-            rows = (query.rerank(RRFReranker(K=cfg.rrf_k)).select([*columns, vector_column])
-                    .limit(limit).to_arrow())
+            rows = query.rerank(hybrid_reranker(cfg)).select([*columns, vector_column]).limit(limit).to_arrow()
         except Exception as exc:  # noqa: BLE001 - lance raises several types for SQL/schema errors
             raise SearchError(f"hybrid search on {self.table_name(target)} failed: {_first_line(exc)}") from None
         if rows.num_rows == 0:
