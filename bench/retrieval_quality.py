@@ -20,6 +20,7 @@ import argparse
 import functools
 import json
 import time
+from statistics import mean, median
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from threading import Thread
@@ -32,6 +33,7 @@ from mmrag.eval.evalset import load_evalset
 from mmrag.eval.significance import compare_per_query
 from mmrag.eval.sweep import point_config, run_sweep, setting_id
 from mmrag.flows.index import run_index
+from mmrag.pipelines.retrieve import Searcher
 
 CORPUS = ROOT.parent / "shared" / "corpora" / "colah"
 QUERIES = ROOT / "data" / "eval" / "colah.jsonl"
@@ -43,7 +45,7 @@ CHUNKINGS = {
     "tokens-128": {"chunking": "tokens", "chunk_size": 128},
     "window-512": {"chunking": "window", "chunk_size": 512},
 }
-SEARCHES = {"seed": SEED, "cosine": {"mode": "cosine"}, "hybrid": {"mode": "hybrid"},
+SEARCHES = {"seed": SEED, "cosine": {"mode": "cosine"}, "hybrid": {"mode": "hybrid", "hybrid_fusion": "rrf"},
             "hybrid-linear": {"mode": "hybrid", "hybrid_fusion": "linear", "hybrid_vector_weight": 0.8}}
 
 
@@ -59,19 +61,28 @@ def serve(root: Path, port: int) -> tuple[ThreadingHTTPServer, str]:
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def grid_points(quick: bool) -> list[dict]:
-    """Every setting measured: search × chunking × context × k (the seed preset keeps its own k)."""
+def grid_points(quick: bool, only: list[str] | None = None, hyde: bool = False,
+                weights: list[float] | None = None, contexts: tuple[str, ...] = ("none", "title_section")) -> list[dict]:
+    """Every setting measured: search × chunking × context × k (the seed preset keeps its own k); with ``hyde``
+    also every non-seed search with the HyDE query rewrite."""
     chunkings = {"paragraph": CHUNKINGS["paragraph"]} if quick else CHUNKINGS
-    ks = [10] if quick else [5, 10]
+    if only:
+        chunkings = {name: CHUNKINGS[name] for name in only}
+    ks = [10] if quick or hyde or weights else [5, 10]
+    searches = dict(SEARCHES)
+    for weight in weights or []:
+        searches[f"hybrid-linear-{weight}"] = {"mode": "hybrid", "hybrid_fusion": "linear", "hybrid_vector_weight": weight}
     points = []
     for chunking in chunkings.values():
-        for context in ("none", "title_section"):
-            for name, search in SEARCHES.items():
+        for context in contexts:
+            for name, search in searches.items():
                 for k in ([None] if name == "seed" else ks):
                     point = {**chunking, "context": context, **search}
                     if k is not None:
                         point["k"] = k
                     points.append(point)
+                    if hyde and name != "seed":
+                        points.append({**point, "query_rewrite": "hyde"})
     return points
 
 
@@ -83,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the database here (reused when present: same --port, so the page URLs match)")
     parser.add_argument("--port", type=int, default=8766, help="loopback port the corpus is served on")
+    parser.add_argument("--only", nargs="+", choices=sorted(CHUNKINGS), help="these chunkings only")
+    parser.add_argument("--contexts", nargs="+", choices=["none", "title_section"], default=["none", "title_section"],
+                        help="chunking.context values measured")
+    parser.add_argument("--weights", nargs="+", type=float, help="also linear hybrid fusion at these vector weights")
+    parser.add_argument("--hyde", action="store_true",
+                        help="also every setting with the HyDE query rewrite (the embedded LLM; its latency is printed)")
     parser.add_argument("--surrogate-context", choices=["none", "nearby"], default="none",
                         help="images.surrogate_context of the index (the image table is shared: use another --workdir)")
     parser.add_argument("--write-results", action="store_true", help="replace this bench's section of bench/RESULTS.md")
@@ -101,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "images.surrogate_context": args.surrogate_context,
                                   "fetch.respect_robots": False})
         entries = load_evalset(QUERIES)
-        points = grid_points(args.quick)
+        points = grid_points(args.quick, args.only, args.hyde, args.weights, tuple(args.contexts))
         index_seconds: dict[str, float] = {}
 
         def index_group(cfg, missing):
@@ -118,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = [setting_id(p) for p in sweep.points]
     per_query = {sid: result.per_query for sid, result in zip(ids, sweep.results)}
     seed_id = setting_id({**CHUNKINGS["paragraph"], "context": "none", **SEED})
-    cosine_id = next(i for i in ids if i == setting_id({**CHUNKINGS["paragraph"], "context": "none", "mode": "cosine",
-                                                          "k": 10}))
+    cosine_id = setting_id({**CHUNKINGS["paragraph"], "context": "none", "mode": "cosine", "k": 10})
     rows = []
     for sid, result in zip(ids, sweep.results):
         row = {"setting": sid, "table": point_config(base, sweep.points[ids.index(sid)]).chunking.key()}
@@ -128,14 +144,32 @@ def main(argv: list[str] | None = None) -> int:
             for metric in METRICS:
                 row[f"{target} {metric}"] = overall.get(metric)
             for ref_name, ref in (("seed", seed_id), ("cosine", cosine_id)):
+                if ref not in per_query:  # the reference setting is not in this grid (--only)
+                    continue
                 tests = compare_per_query(per_query[ref], result.per_query, ["recall@5"], targets=[target])
                 row[f"{target} r@5 p vs {ref_name}"] = tests[0]["p_value"] if tests else None
         rows.append(row)
-    text = report(rows, args, elapsed, index_seconds)
+    rewrite_ms = None
+    if args.hyde:
+        rewrite_ms = hyde_latency_ms(base, [e.query for e in entries][::6])  # 11 questions: the cost, not the quality
+        print(f"HyDE rewrite latency (embedded LLM, per query): p50 {rewrite_ms['p50']:.0f} ms, "
+              f"mean {rewrite_ms['mean']:.0f} ms over {rewrite_ms['n']} queries")
+    text = report(rows, args, elapsed, index_seconds, rewrite_ms)
     print(text)
     if args.write_results:
         replace_section(text, "## retrieval_quality")
     return 0
+
+
+def hyde_latency_ms(base, questions: list[str]) -> dict:
+    """Wall milliseconds of one HyDE rewrite per question with the configured LLM (a fresh rewriter: no cache)."""
+    rewriter = Searcher(base.model_copy(update={"search": base.search.model_copy(update={"query_rewrite": "hyde"})})).rewriter
+    times = []
+    for question in questions:
+        t0 = time.perf_counter()
+        rewriter.rewrite(question)
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"p50": median(times), "mean": mean(times), "n": len(times)}
 
 
 def _fmt(value) -> str:
@@ -144,7 +178,8 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def report(rows: list[dict], args: argparse.Namespace, elapsed: float, index_seconds: dict[str, float]) -> str:
+def report(rows: list[dict], args: argparse.Namespace, elapsed: float, index_seconds: dict[str, float],
+           rewrite_ms: dict | None = None) -> str:
     """The Markdown section: command, machine, then one row per setting, best text recall@5 first."""
     rows = sorted(rows, key=lambda r: -(r["text recall@5"] or 0))
     columns = ["setting", "text recall@5", "text ndcg@10", "text mrr", "text r@5 p vs seed", "text r@5 p vs cosine",
@@ -156,7 +191,8 @@ def report(rows: list[dict], args: argparse.Namespace, elapsed: float, index_sec
              machine_info(), "",
              "data/eval/colah.jsonl (44 text, 22 figure questions) over the 14 colah posts served on 127.0.0.1, "
              "MiniLM. p: paired t-test (ranx via compare_per_query) of recall@5 against the seed preset and "
-             "against plain cosine, both on paragraph chunks without context.", "",
+             "against plain cosine, both on paragraph chunks without context."
+             + (f" HyDE rewrite latency per query (embedded LLM): p50 {rewrite_ms['p50']:.0f} ms." if rewrite_ms else ""), "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")

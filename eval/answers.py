@@ -9,9 +9,11 @@ error, latency_s, time_to_first_token_s, tokens_in, tokens_out, n_contexts, cont
   ``context_precision`` / ``context_recall`` of the contexts given against the labelled evidence;
   ``score_error`` names a metric that raised;
 * with a judge LLM (:mod:`mmrag.eval.judge`, ``--judge``): ``faithfulness``, ``answer_relevancy`` and,
-  with ``eval.judge_images``, ``multimodal_faithfulness`` / ``multimodal_relevance``; plus
+  with ``eval.judge_images``, ``multimodal_faithfulness`` / ``multimodal_relevance`` (each the mean over
+  ``eval.judge_repeats`` verdicts, with ``<metric>_std`` their spread); plus
   ``judge`` (model and endpoint), ``judge_error`` (each failed metric with its reason),
-  ``judge_s``, ``judge_tokens_in``, ``judge_tokens_out``.
+  ``judge_s``, ``judge_tokens_in``, ``judge_tokens_out``, ``judge_repeats``, ``judge_cached`` (verdicts
+  taken from the judge cache, ``judge-cache.jsonl`` beside the run directories unless ``eval.judge_cache``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import pyarrow.parquet as pq
 
 from mmrag.eval.answer_metrics import CONTEXT_COLUMNS, NON_LLM_COLUMNS, context_scores, reference_scores, semantic_similarities
 from mmrag.eval.evalset import EvalEntry
-from mmrag.eval.judge import JUDGE_COLUMNS, JudgeSpec, judge_rows
+from mmrag.eval.judge import JUDGE_COLUMNS, JUDGE_SPREAD_COLUMNS, JudgeSpec, judge_cache_for, judge_rows
 from mmrag.config import MmragConfig
 from mmrag.pipelines.generate import answer_events
 from mmrag.pipelines.llm.base import collect
@@ -44,7 +46,8 @@ from mmrag.eval.judge import parse_judge_spec
 SCORE_COLUMNS = (*NON_LLM_COLUMNS, *JUDGE_COLUMNS)
 ANSWER_COLUMNS = ("query_id", "llm", "query", "reference_answer", "answer", "error", "latency_s", "time_to_first_token_s",
                   "tokens_in", "tokens_out", "n_contexts", "contexts", *SCORE_COLUMNS, "score_error",
-                  "judge", "judge_error", "judge_s", "judge_tokens_in", "judge_tokens_out")
+                  *JUDGE_SPREAD_COLUMNS, "judge", "judge_error", "judge_s", "judge_tokens_in", "judge_tokens_out",
+                  "judge_repeats", "judge_cached")
 
 
 def generate_answer(entry: EvalEntry, hits: Sequence[Mapping[str, Any]], backend: Any, cfg: MmragConfig, *,
@@ -153,7 +156,8 @@ def answer_run_dir(run_dir: str | Path, entries: Sequence[EvalEntry], cfg: Mmrag
         if embed is None:
             raise ValueError("the judged answer relevancy needs an embedder (embed=)")
         images = judge_images(rows, hits, cfg) if cfg.eval.judge_images else [[] for _ in rows]
-        judge_rows(rows, judge_contexts(rows, hits), images, spec=judge, llm_config=cfg.llm, settings=cfg.eval, embed=embed, log=log)
+        judge_rows(rows, judge_contexts(rows, hits), images, spec=judge, llm_config=cfg.llm, settings=cfg.eval, embed=embed, log=log,
+                   cache=judge_cache_for(cfg.eval, run_dir))
     write_answers(rows, run_dir / "answers.parquet")
     return rows
 
@@ -167,8 +171,8 @@ def write_answers(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
 
 def answers_schema() -> pa.Schema:
     """Schema of ``answers.parquet``."""
-    ints = {"tokens_in", "tokens_out", "n_contexts", "judge_tokens_in", "judge_tokens_out"}
-    floats = {"latency_s", "time_to_first_token_s", "judge_s", *SCORE_COLUMNS}
+    ints = {"tokens_in", "tokens_out", "n_contexts", "judge_tokens_in", "judge_tokens_out", "judge_repeats", "judge_cached"}
+    floats = {"latency_s", "time_to_first_token_s", "judge_s", *SCORE_COLUMNS, *JUDGE_SPREAD_COLUMNS}
     return pa.schema([pa.field(c, pa.int64() if c in ints else pa.float64() if c in floats else pa.string()) for c in ANSWER_COLUMNS])
 
 
@@ -180,7 +184,8 @@ def answer_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any
         mine = [r for r in rows if r["llm"] == llm]
         stats: dict[str, Any] = {"n": len(mine), "failures": sum(1 for r in mine if r.get("error")),
                                  "judge_failures": sum(1 for r in mine if r.get("judge_error"))}
-        for c in ("latency_s", "tokens_in", "tokens_out", *SCORE_COLUMNS, "judge_s", "judge_tokens_in", "judge_tokens_out"):
+        for c in ("latency_s", "tokens_in", "tokens_out", *SCORE_COLUMNS, *JUDGE_SPREAD_COLUMNS, "judge_s", "judge_tokens_in",
+                  "judge_tokens_out", "judge_cached"):
             vals = [float(r[c]) for r in mine if r.get(c) is not None]
             stats[c] = round(float(np.mean(vals)), 4) if vals else None
         out[llm] = stats

@@ -207,8 +207,37 @@ def format_gate_table(result: GateResult) -> str:
     return "\n".join(lines)
 
 
-def gate_markdown(result: GateResult, *, run_id: str, baseline: str, report: str | None = None) -> str:
-    """The gate rows as a markdown table with the verdict, for a Prefect artifact or a CI summary."""
+def _md_cell(text: Any, limit: int = 120) -> str:
+    """``text`` as one markdown table cell: one line, pipes escaped, at most ``limit`` characters."""
+    value = " ".join(str(text if text is not None else "").split()).replace("|", "\\|")
+    return value if len(value) <= limit else value[: limit - 1].rstrip() + "…"
+
+
+def regressions_markdown(regressions: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+    """Markdown lines of a "Worst regressed queries" section: per failing metric spec (``text:recall@5``), its rows
+    (:func:`mmrag.eval.diff.worst_regressions`: ``query_id, target, query, a, b, delta``), most negative delta first."""
+    lines = ["", "## Worst regressed queries", ""]
+    for spec, rows in regressions.items():
+        lines.append(f"**{_md_cell(spec)}** (baseline → run):")
+        lines.append("")
+        if not rows:
+            lines += ["no query got worse on it", ""]
+            continue
+        lines += ["| query | target | baseline | run | delta | text |", "|---|---|---:|---:|---:|---|"]
+        for r in rows:
+            lines.append(f"| `{_md_cell(r['query_id'], 60)}` | {r['target']} | {r['a']:.3f} | {r['b']:.3f} | {r['delta']:+.3f} | "
+                         f"{_md_cell(r.get('query'))} |")
+        lines.append("")
+    return lines
+
+
+def gate_markdown(result: GateResult, *, run_id: str, baseline: str, report: str | None = None,
+                  regressions: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> str:
+    """The gate rows as a markdown table with the verdict, for a Prefect artifact or a CI summary.
+
+    ``regressions``: ``{metric spec: worst regressed query rows}`` (see :func:`regressions_markdown`), rendered
+    under the table as a "Worst regressed queries" section when given (the scheduled gate passes it on failure).
+    """
     verdict = "**FAILED**" if result.failed else "passed"
     lines = [
         f"# Gate {verdict}: run {run_id} vs baseline `{baseline}`",
@@ -226,4 +255,6 @@ def gate_markdown(result: GateResult, *, run_id: str, baseline: str, report: str
             f"| {r['target']} | {r['metric']} | {r['n_queries']} | {r['baseline']:.4f} | {r['run']:.4f} | "
             f"{r['delta']:+.4f} | {r['p_value']:.4f} | {r['worse']} | {r['better']} | {status} |"
         )
+    if regressions:
+        lines += regressions_markdown(regressions)
     return "\n".join(lines)

@@ -19,21 +19,39 @@ A metric that fails (endpoint error, output that does not fit the schema after t
 statements extracted, the judge refusing images) leaves its column null and is named with the
 reason in ``judge_error``; the answer row is kept. ``judge_s``, ``judge_tokens_in`` and
 ``judge_tokens_out`` add up every judge call made for the answer (retries included).
+
+**Repeats and spread.** With ``eval.judge_repeats: N`` every metric is asked N times per answer; the
+column holds the mean of the repeats that gave a value and ``<metric>_std`` their sample standard
+deviation (null with fewer than two values). At ragas' near-greedy ``judge_temperature`` 0.01 the
+repeats of a local model mostly agree; a higher temperature shows how unstable the verdict is.
+
+**Cache.** Each verdict (one metric, one repeat) is stored in a JSON Lines file (:class:`JudgeCache`,
+``eval.judge_cache``; by default ``judge-cache.jsonl`` beside the run directories) keyed by the judge
+model, the hash of the metric's prompts (:func:`prompt_hash`), the metric, question, answer,
+contexts, images, reference answer, repeat number and output settings (:func:`verdict_key`). A rerun
+of the same answers takes every verdict from it and makes no judge call (the embedded judge is not
+even started); failures are never cached. ``judge_cached`` counts the verdicts of an answer that
+came from the cache.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import json
 import logging
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mmrag.eval.answer_metrics import EmbedderEmbeddings  # first: it turns ragas' usage tracking off before ragas loads
+import ragas  # after answer_metrics (tracking off); its version is part of every prompt hash
 from mmrag.config import EvalConfig, LlmConfig
 from mmrag.pipelines.llm.base import LlmError
 from mmrag.pipelines.llm import parse_llm_spec
@@ -42,9 +60,12 @@ from mmrag.pipelines.llm.gguf import resolve_gguf
 from mmrag.pipelines.llm.llamacpp_backend import serve_http
 from mmrag.pipelines.llm.openai_backend import NO_KEY
 from mmrag.pipelines.llm.openai_backend import openai_error
+from mmrag.records import sha256_hex
 
 JUDGE_COLUMNS = ("faithfulness", "answer_relevancy", "multimodal_faithfulness", "multimodal_relevance")
-JUDGE_INFO_COLUMNS = ("judge", "judge_error", "judge_s", "judge_tokens_in", "judge_tokens_out")
+JUDGE_SPREAD_COLUMNS = tuple(f"{c}_std" for c in JUDGE_COLUMNS)
+JUDGE_INFO_COLUMNS = ("judge", "judge_error", "judge_s", "judge_tokens_in", "judge_tokens_out", "judge_repeats", "judge_cached")
+CACHE_FILE = "judge-cache.jsonl"
 
 
 @dataclass(frozen=True)
@@ -118,8 +139,8 @@ def judge_llm(client: Any, model: str, settings: EvalConfig) -> tuple[Any, Token
     patched = instructor.from_openai(client, mode=mode)
     meter = TokenMeter()
     patched.on("completion:response", meter.add)
-    llm = InstructorLLM(client=patched, model=model, provider="openai",
-                        model_args=InstructorModelArgs(max_tokens=settings.judge_max_tokens), max_retries=settings.judge_max_retries)
+    args = InstructorModelArgs(max_tokens=settings.judge_max_tokens, temperature=settings.judge_temperature)
+    llm = InstructorLLM(client=patched, model=model, provider="openai", model_args=args, max_retries=settings.judge_max_retries)
     return llm, meter
 
 
@@ -163,6 +184,83 @@ def failure_text(exc: BaseException, base_url: str, model: str) -> str:
     return f"{type(exc).__name__}: {'; '.join(lines)}"[:400]
 
 
+# --------------------------------------------------------------------------- verdict cache
+
+
+class JudgeCache:
+    """Judge verdicts by key in a JSON Lines file: one ``{"key", "value", "metric", "judge", "created_at"}`` per line.
+
+    Read once when opened, appended to (and flushed) per verdict, so an interrupted run keeps what it
+    judged; a later line for the same key wins. ``path`` None keeps the cache in memory only.
+    """
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else None
+        self.values: dict[str, float] = {}
+        self.hits = 0
+        if self.path is not None and self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                    self.values[str(record["key"])] = float(record["value"])
+                except (ValueError, KeyError, TypeError):  # a torn last line of an interrupted run
+                    continue
+
+    def get(self, key: str) -> float | None:
+        """The cached verdict of ``key``, or None."""
+        value = self.values.get(key)
+        self.hits += value is not None
+        return value
+
+    def put(self, key: str, value: float, **info: Any) -> None:
+        """Store one verdict (in memory and, with a path, appended to the file)."""
+        self.values[key] = float(value)
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"key": key, "value": float(value), **info, "created_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def judge_cache_for(settings: EvalConfig, run_dir: str | Path | None) -> JudgeCache | None:
+    """The cache ``eval.judge_cache`` names (``none``: no cache; unset: ``judge-cache.jsonl`` beside ``run_dir``)."""
+    if settings.judge_cache and settings.judge_cache.strip().lower() == "none":
+        return None
+    if settings.judge_cache:
+        return JudgeCache(settings.judge_cache)
+    return JudgeCache(Path(run_dir).parent / CACHE_FILE) if run_dir is not None else None
+
+
+def prompt_hash(metric: Any) -> str:
+    """SHA-256 of what a ragas metric asks: its class, ragas' version, each prompt's instruction, examples and output
+    schema, and its scalar settings (answer relevancy's strictness)."""
+    parts: list[Any] = [type(metric).__module__, type(metric).__qualname__, getattr(ragas, "__version__", "")]
+    for name, value in sorted(vars(metric).items()):
+        if isinstance(value, (bool, int, float, str)) and not name.startswith("_"):
+            parts.append([name, value])
+        elif hasattr(value, "instruction"):
+            output = getattr(value, "output_model", None)
+            schema = output.model_json_schema() if hasattr(output, "model_json_schema") else None
+            parts.append([name, str(value.instruction), str(getattr(value, "examples", "")), schema])
+    return sha256_hex(json.dumps(parts, sort_keys=True, default=str))
+
+
+def verdict_key(*, judge: str, prompt: str, metric: str, question: str, answer: str, contexts: Sequence[str],
+                images: Sequence[str], reference: str | None, repeat: int, settings: EvalConfig) -> str:
+    """Cache key of one verdict (images by the SHA-256 of their ``data:`` URLs; output mode, budget and temperature included)."""
+    return sha256_hex(json.dumps({
+        "judge": judge, "prompt": prompt, "metric": metric, "question": question, "answer": answer,
+        "contexts": list(contexts), "images": [sha256_hex(i) for i in images], "reference": reference, "repeat": repeat,
+        "output": settings.judge_output, "max_tokens": settings.judge_max_tokens, "temperature": settings.judge_temperature,
+    }, sort_keys=True, ensure_ascii=False))
+
+
+def spread(values: Sequence[float]) -> float | None:
+    """Sample standard deviation of ``values`` (None with fewer than two)."""
+    return float(statistics.stdev(values)) if len(values) >= 2 else None
+
+
 def metric_inputs(name: str, *, question: str, answer: str, contexts: Sequence[str], images: Sequence[str]) -> dict[str, Any]:
     """Keyword arguments of one ragas metric's ``ascore`` (images are ``data:`` URLs, after the text contexts)."""
     if name == "faithfulness":
@@ -176,60 +274,103 @@ def metric_inputs(name: str, *, question: str, answer: str, contexts: Sequence[s
 
 
 async def judge_answer(metrics: Mapping[str, Any], meter: TokenMeter, *, question: str, answer: str, contexts: Sequence[str],
-                       images: Sequence[str] = (), base_url: str = "", model: str = "") -> dict[str, Any]:
-    """Run every metric on one answer; returns its judged columns (null + ``judge_error`` entry per failed metric), seconds and tokens."""
-    out: dict[str, Any] = dict.fromkeys(JUDGE_COLUMNS)
+                       images: Sequence[str] = (), base_url: str = "", model: str = "", repeats: int = 1,
+                       keys: Mapping[tuple[str, int], str] | None = None, cache: JudgeCache | None = None) -> dict[str, Any]:
+    """Run every metric ``repeats`` times on one answer; returns its judged columns (mean, ``<metric>_std``; null + a
+    ``judge_error`` entry per failed metric), seconds, tokens, ``judge_repeats`` and ``judge_cached``.
+
+    With ``cache`` and ``keys`` (``{(metric, repeat): key}``), a cached verdict is taken instead of a call and each new
+    one is stored.
+    """
+    out: dict[str, Any] = {**dict.fromkeys(JUDGE_COLUMNS), **dict.fromkeys(JUDGE_SPREAD_COLUMNS)}
     errors: list[str] = []
+    cached = 0
     meter.reset()
     started = time.perf_counter()
     for name, metric in metrics.items():
-        try:
-            value = (await metric.ascore(**metric_inputs(name, question=question, answer=answer, contexts=contexts, images=images))).value
-        except Exception as exc:  # noqa: BLE001 - a failed judgement is recorded, the answer kept
-            errors.append(f"{name}: {failure_text(exc, base_url, model)}")
-            continue
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            errors.append(f"{name}: no score (the judge extracted no statements or verdicts from the answer)")
-        else:
-            out[name] = float(value)
+        values: list[float] = []
+        for repeat in range(repeats):
+            where = f"{name}: " + (f"repeat {repeat + 1}/{repeats}: " if repeats > 1 else "")
+            key = (keys or {}).get((name, repeat))
+            hit = cache.get(key) if cache is not None and key else None
+            if hit is not None:
+                values.append(hit)
+                cached += 1
+                continue
+            try:
+                value = (await metric.ascore(**metric_inputs(name, question=question, answer=answer, contexts=contexts,
+                                                             images=images))).value
+            except Exception as exc:  # noqa: BLE001 - a failed judgement is recorded, the answer kept
+                errors.append(where + failure_text(exc, base_url, model))
+                continue
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                errors.append(where + "no score (the judge extracted no statements or verdicts from the answer)")
+                continue
+            values.append(float(value))
+            if cache is not None and key:
+                cache.put(key, float(value), metric=name, judge=model, repeat=repeat)
+        if values:
+            out[name] = float(sum(values) / len(values))
+            out[f"{name}_std"] = spread(values)
     out.update(judge_error=" | ".join(errors) or None, judge_s=round(time.perf_counter() - started, 3),
-               judge_tokens_in=meter.tokens_in, judge_tokens_out=meter.tokens_out)
+               judge_tokens_in=meter.tokens_in, judge_tokens_out=meter.tokens_out, judge_repeats=repeats, judge_cached=cached)
     return out
 
 
 def judge_rows(rows: list[dict[str, Any]], contexts: Sequence[Sequence[str]], images: Sequence[Sequence[str]], *,
                spec: JudgeSpec, llm_config: LlmConfig, settings: EvalConfig, embed: Callable[[list[str]], Any],
-               log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+               log: Callable[[str], None] | None = None, cache: JudgeCache | None = None) -> list[dict[str, Any]]:
     """Add the judged columns to answer rows (in place; ``contexts[i]`` / ``images[i]`` belong to ``rows[i]``); returns ``rows``.
 
     Failed answers are not judged (their judged columns stay null). The judge endpoint is opened once
-    for all rows (for ``llamacpp``: the model is served on 127.0.0.1 and stopped afterwards).
+    for all rows (for ``llamacpp``: the model is served on 127.0.0.1 and stopped afterwards), and not at
+    all when ``cache`` holds every verdict asked for. Each metric is asked ``settings.judge_repeats`` times.
     """
     log = log or (lambda _m: None)
     todo = [i for i, r in enumerate(rows) if r.get("error") is None and r.get("answer")]
     for row in rows:
-        row.update(dict.fromkeys((*JUDGE_COLUMNS, *JUDGE_INFO_COLUMNS)))
+        row.update(dict.fromkeys((*JUDGE_COLUMNS, *JUDGE_SPREAD_COLUMNS, *JUDGE_INFO_COLUMNS)))
     if not todo:
         return rows
-    async def run_all(base_url: str, label: str) -> None:
-        async with judge_client(base_url, settings, api_key_env=llm_config.openai_api_key_env) as client:
-            llm, meter = judge_llm(client, spec.model, settings)
-            metrics = judge_metrics(llm, embed, settings)
-            for n, i in enumerate(todo, start=1):
-                row = rows[i]
-                row.update(await judge_answer(metrics, meter, question=row["query"], answer=row["answer"], contexts=contexts[i],
-                                              images=images[i], base_url=base_url, model=spec.model), judge=label)
-                log(f"judge {n}/{len(todo)} {row['llm']} {row['query_id']}: {row['judge_s']} s"
-                    + (f" ({row['judge_error']})" if row["judge_error"] else ""))
+    repeats = settings.judge_repeats
+    judge_name = f"{spec.backend}:{spec.model}"
+    # The metrics' prompts (for the cache keys) are known before any endpoint exists: an unconnected client builds them.
+    offline_llm, _ = judge_llm(judge_client("http://127.0.0.1:9/v1", settings), spec.model, settings)
+    hashes = {name: prompt_hash(metric) for name, metric in judge_metrics(offline_llm, embed, settings).items()}
+    keys = {i: {(name, r): verdict_key(judge=judge_name, prompt=digest, metric=name, question=rows[i]["query"],
+                                       answer=rows[i]["answer"], contexts=contexts[i], images=images[i],
+                                       reference=rows[i].get("reference_answer"), repeat=r, settings=settings)
+                for name, digest in hashes.items() for r in range(repeats)} for i in todo}
+    missing = cache is None or any(k not in cache.values for per_row in keys.values() for k in per_row.values())
 
+    async def run_all(base_url: str, label: str, client: Any | None) -> None:
+        llm, meter = judge_llm(client, spec.model, settings) if client is not None else (offline_llm, TokenMeter())
+        metrics = judge_metrics(llm, embed, settings)
+        for n, i in enumerate(todo, start=1):
+            row = rows[i]
+            row.update(await judge_answer(metrics, meter, question=row["query"], answer=row["answer"], contexts=contexts[i],
+                                          images=images[i], base_url=base_url, model=spec.model, repeats=repeats,
+                                          keys=keys[i], cache=cache), judge=label)
+            log(f"judge {n}/{len(todo)} {row['llm']} {row['query_id']}: {row['judge_s']} s"
+                + (f", {row['judge_cached']} cached" if row["judge_cached"] else "")
+                + (f" ({row['judge_error']})" if row["judge_error"] else ""))
+
+    async def run_online(base_url: str, label: str) -> None:
+        async with judge_client(base_url, settings, api_key_env=llm_config.openai_api_key_env) as client:
+            await run_all(base_url, label, client)
+
+    if not missing:  # every verdict is cached: no endpoint, no model load
+        log(f"judge {judge_name}: all {sum(len(k) for k in keys.values())} verdicts cached in {cache.path}")
+        asyncio.run(run_all("", f"{judge_name} (cached)", None))
+        return rows
     try:
         # instructor logs every failed attempt at ERROR level; each failure is recorded in judge_error instead.
         with _quiet_logger("instructor"), judge_endpoint(spec, llm_config) as base_url:
-            log(f"judge {spec.backend}:{spec.model} at {base_url}")
-            asyncio.run(run_all(base_url, f"{spec.backend}:{spec.model}@{base_url}"))
+            log(f"judge {judge_name} at {base_url}" + (f", {repeats} repeats per metric" if repeats > 1 else ""))
+            asyncio.run(run_online(base_url, f"{judge_name}@{base_url}"))
     except LlmError as exc:  # the embedded judge could not start: every answer says so
         for i in todo:
-            rows[i].update(judge=f"{spec.backend}:{spec.model}", judge_error=f"judge unavailable: {exc.kind}: {exc}"[:400])
+            rows[i].update(judge=judge_name, judge_error=f"judge unavailable: {exc.kind}: {exc}"[:400])
     return rows
 
 

@@ -175,8 +175,7 @@ def embed_queries(searcher: Searcher, entries: Sequence[EvalEntry], *, base_dir:
     parts: dict[int, np.ndarray] = {}
     if text_rows:
         require_modality(searcher.embedder_name, frozenset(embedder.modalities), "text")
-        vectors = np.asarray(embedder.embed_texts([entries[i].query for i in text_rows]), dtype=np.float32)
-        parts.update(zip(text_rows, vectors))
+        parts.update(zip(text_rows, searcher.embed_query_texts([entries[i].query for i in text_rows])))
     for i in image_rows:
         path = Path(entries[i].query_image).expanduser()
         if base_dir is not None and not path.is_absolute():

@@ -50,7 +50,7 @@ from mmrag.pipelines.retrieve.searcher import Searcher
 from mmrag.pipelines.store import chunks_table_name, database_exists, images_table_name, open_existing
 
 GRID_KEYS = ("embedder", "chunking", "chunk_size", "context", "merge_min_tokens", "preset", "mode", "hybrid_fusion",
-             "hybrid_vector_weight", "reranker", "image_scoring", "k", "text_k", "image_k", "threshold", "temperature")
+             "hybrid_vector_weight", "query_rewrite", "reranker", "image_scoring", "k", "text_k", "image_k", "threshold", "temperature")
 SETTING_COLUMNS = ("embedder", "chunking", "mode", "reranker", "image_scoring", "text_k", "text_threshold", "text_temperature",
                    "image_k", "image_threshold", "image_temperature")
 PRIMARY_METRICS = ("recall@5", "ndcg@10", "mrr")
@@ -126,7 +126,7 @@ def point_overrides(point: Mapping[str, Any], *, mode: str) -> dict[str, Any]:
             out[f"chunking.{key}"] = value
         elif key == "preset":
             out["search.preset"] = value
-        elif key in ("mode", "reranker", "image_scoring", "hybrid_fusion", "hybrid_vector_weight"):
+        elif key in ("mode", "reranker", "image_scoring", "hybrid_fusion", "hybrid_vector_weight", "query_rewrite"):
             out[f"search.{key}"] = value
         elif key == "k":
             out["search.text_k"] = out["search.image_k"] = value
@@ -149,9 +149,9 @@ def point_config(base: MmragConfig, point: Mapping[str, Any]) -> MmragConfig:
     return MmragConfig.model_validate(data)
 
 
-def group_key(cfg: MmragConfig) -> tuple[str, str]:
-    """The (embedder, chunking key) whose tables and query vectors a setting shares with others."""
-    return (cfg.search.table_embedder or cfg.embed.name, cfg.chunking.key())
+def group_key(cfg: MmragConfig) -> tuple[str, str, str]:
+    """The (embedder, chunking key, query rewrite) whose tables and query vectors a setting shares with others."""
+    return (cfg.search.table_embedder or cfg.embed.name, cfg.chunking.key(), cfg.search.query_rewrite)
 
 
 @dataclass
@@ -374,7 +374,7 @@ def run_sweep(
     results: list[EvalResult | None] = [None] * len(points)
     timings = {"index": 0.0, "embed": 0.0, "evaluate": 0.0}
     base_dir = Path(queries_path).parent if queries_path else None
-    for (label, chunking), members in groups.items():
+    for (label, chunking, _rewrite), members in groups.items():
         cfg0 = configs[members[0]]
         t0 = time.perf_counter()
         uri = cfg0.store.db_uri

@@ -24,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from mmrag.config import load_config
 from mmrag.flows.index import run_index
 from mmrag.pipelines import guard, maintenance, store
+from mmrag.eval.diff import worst_regressions
 from mmrag.eval.gate import check_gate
 from mmrag.eval.results import load_run
 from mmrag.eval.gate import format_gate_table, gate_markdown, load_baseline, parse_metric_spec
@@ -107,9 +108,13 @@ def sweep_gate_flow(
         table=[{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in result.rows],
         description=f"gate of sweep {swept['run_id']} vs {baseline_path}: {'FAILED' if result.failed else 'passed'}",
     )
+    regressions = None
+    if result.failed:  # the worst regressed queries of each failing metric, baseline -> run, in the summary
+        regressions = {f"{r['target']}:{r['metric']}": worst_regressions(baseline_doc, swept["run_dir"], f"{r['target']}:{r['metric']}")
+                       for r in result.rows if r["status"] == "FAIL"}
     create_markdown_artifact(key="gate-summary", description=f"gate of sweep {swept['run_id']}", markdown=gate_markdown(
         result, run_id=f"{swept['run_id']} (setting `{swept['best_setting_id']}`)", baseline=baseline_path,
-        report=swept["report"]))
+        report=swept["report"], regressions=regressions))
     if swept["report"]:
         create_link_artifact(key="gate-report", link=Path(swept["report"]).resolve().as_uri(),
                              link_text="sweep report", description=f"HTML report of sweep {swept['run_id']}")

@@ -76,14 +76,15 @@ class ChunkingConfig(_Section):
     window_overlap: float = Field(0.25, ge=0, lt=1, description="window strategy: fraction shared by consecutive windows")
     max_tokens: int | None = Field(None, ge=8, description="tokens strategy budget; default: the embedder's max input length")
     context: Literal["none", "title_section"] = Field(
-        "none",
+        "title_section",
         description="what the embedded and full-text indexed text of a chunk carries besides its own words: none, or "
         "title_section (the article title and section path first); the stored text stays the page's own words",
     )
     merge_min_tokens: int = Field(
-        0, ge=0, le=2048,
+        48, ge=0, le=2048,
         description="paragraph strategy: a paragraph shorter than this many tokens is merged with the next ones of its "
-        "section until the chunk reaches it (within the embedder's input limit); 0: one chunk per paragraph (the design)",
+        "section until the chunk reaches it (within the embedder's input limit); 0: one chunk per paragraph (the design). "
+        "48 won on the colah dev set (bench/RESULTS.md retrieval_quality)",
     )
     oversize: Literal["split", "truncate"] = Field(
         "split",
@@ -115,12 +116,32 @@ class ImageConfig(_Section):
         "and appended to the image's text surrogate); off: no OCR runs",
     )
     surrogate_context: Literal["none", "nearby"] = Field(
-        "none",
+        "nearby",
         description="what an image's text surrogate carries besides caption, alt, section and OCR text: none, or nearby "
         "(the page's text right before and after the image, ~400 characters each side)",
     )
     ocr_backend: Literal["auto", "rapidocr", "tesseract"] = Field(
         "auto", description="OCR engine: auto = rapidocr when installed, else tesseract (see pipelines/ocr.py)"
+    )
+    ocr_max_side: int = Field(
+        0, ge=0, le=4096,
+        description="OCR (rapidocr): the image is scaled to at most this many pixels a side for text detection "
+        "(recognition reads the boxes at full size); 0: rapidocr's own choice (960, 1500 or 2000 px by image size). "
+        "On the colah figures 960 cut OCR CPU time by a quarter but lost 7 % of the words (small labels on wide "
+        "figures); part of the key of stored OCR results",
+    )
+    ocr_angle_cls: bool = Field(
+        False, description="OCR (rapidocr): run the 180° text-direction classifier on every box (part of the result key)"
+    )
+    ocr_rec_width: int = Field(
+        160, ge=32, le=1024,
+        description="OCR (rapidocr): text boxes are recognised in batches padded to at least this width at 48 px high "
+        "(rapidocr's default 320 pads short labels 2-6×); part of the result key",
+    )
+    ocr_workers: int | None = Field(
+        None, ge=0, le=256,
+        description="OCR processes running beside the rest of the run (one engine thread each); 0: OCR in the run's "
+        "process; default: one per core",
     )
     caption_missing: bool = Field(
         False,
@@ -179,6 +200,9 @@ class StoreConfig(_Section):
 #: ``search.preset: seed``: the original design's search. Every other field keeps its default, which
 #: already is the design's value (text k 15, threshold 0.01, temperature 0.25; images 5, 0.25, 0.5).
 SEED_SEARCH: dict[str, Any] = {"mode": "softmax", "reranker": "none"}
+#: ... and the design's chunks and image surrogates, which ``search.preset: seed`` also means unless given
+SEED_CHUNKING: dict[str, Any] = {"context": "none", "merge_min_tokens": 0}
+SEED_IMAGES: dict[str, Any] = {"surrogate_context": "none"}
 
 
 class SearchConfig(_Section):
@@ -193,7 +217,7 @@ class SearchConfig(_Section):
         "grows, so from a few thousand rows its default text threshold lets nothing through (README: Search defaults)",
     )
     mode: Literal["hybrid", "cosine", "softmax"] = Field(
-        "softmax",
+        "hybrid",
         description="hybrid: vector and full-text (BM25) search fused by reciprocal rank (LanceDB's hybrid query); "
         "cosine: vector search, top k by cosine similarity; softmax: the original design (softmax of "
         "similarity/temperature over the candidates, then threshold). cosine_threshold is a floor in hybrid and cosine",
@@ -208,12 +232,21 @@ class SearchConfig(_Section):
         -1.0, ge=-1, le=1, description="hybrid and cosine modes: minimum cosine similarity of a hit (-1: keep all)"
     )
     hybrid_fusion: Literal["rrf", "linear"] = Field(
-        "rrf",
+        "linear",
         description="hybrid mode: how the vector and full-text rankings are fused: rrf (reciprocal rank, rrf_k; LanceDB's "
         "RRFReranker) or linear (hybrid_vector_weight × vector score + the rest × BM25 score, both normalised; LanceDB's "
         "LinearCombinationReranker)",
     )
-    hybrid_vector_weight: float = Field(0.7, ge=0, le=1, description="hybrid mode, linear fusion: weight of the vector score")
+    hybrid_vector_weight: float = Field(0.8, ge=0, le=1, description="hybrid mode, linear fusion: weight of the vector score")
+    query_rewrite: Literal["none", "hyde"] = Field(
+        "none",
+        description="before the vector search: none, or hyde (an LLM writes a short hypothetical answer, embedded with the "
+        "question; one LLM call per query, see SearchResult.timings_ms['rewrite']; full-text search keeps the question)",
+    )
+    rewrite_llm: str | None = Field(
+        None, description="query rewrite: its model as BACKEND:MODEL; default: the llm section's (the embedded model offline)"
+    )
+    rewrite_max_tokens: int = Field(96, ge=8, le=1024, description="query rewrite: the hypothetical answer's token budget")
     hybrid_candidates: int = Field(
         50, ge=1, le=10_000,
         description="hybrid mode: rows taken from each of the vector and the full-text search before fusion (at least k)",
@@ -339,6 +372,22 @@ class OpsConfig(_Section):
     lock_timeout_s: float = Field(
         60.0, ge=0, description="seconds a writer waits for another run's lock on a local database before failing"
     )
+    batch_target_s: float = Field(
+        30.0, gt=0, le=86_400,
+        description="pages per committed batch are sized so one batch takes about this long (at most page_batch "
+        "pages): a killed run loses at most about one batch of work (OCR results are saved per image regardless)",
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, le=1024, description="torch CPU threads for embedding; default: one per core"
+    )
+    progress_log_s: float = Field(
+        30.0, ge=0,
+        description="without progress bars (--json, --no-progress, no terminal) a long stage prints one line on "
+        "stderr (done/total, rate, ETA) at most this often; 0: never",
+    )
+    verbose: bool = Field(
+        False, description="let Prefect's per-task INFO lines and libraries' progress bars and warnings through"
+    )
     # maintenance
     maintain_after_index: bool = Field(False, description="compact, clean up and (re)build vector indexes after each index run")
     cleanup_older_than_days: float = Field(
@@ -420,6 +469,24 @@ class EvalConfig(_Section):
     )
     judge_timeout_s: float = Field(600.0, gt=0, description="seconds to wait for one judge call")
     judge_max_retries: int = Field(1, ge=0, le=5, description="judge calls repeated when the output does not fit the schema")
+    judge_repeats: int = Field(
+        1, ge=1, le=20, description="judge every answer this many times per metric; the answer gets the mean and <metric>_std "
+        "(sample standard deviation over the repeats)"
+    )
+    judge_temperature: float = Field(
+        0.01, ge=0, le=2, description="judge sampling temperature (ragas' default 0.01 is near-greedy: repeats then mostly agree)"
+    )
+    judge_cache: str | None = Field(
+        None, description="JSON Lines file of cached judge verdicts, keyed by judge model, prompt hash, metric, question, "
+        "answer, contexts, reference and repeat; default: judge-cache.jsonl beside the run directories; 'none': no cache"
+    )
+    # generated query sets (`mmrag eval generate`)
+    generate_llm: str | None = Field(None, description="LLM writing generated questions (BACKEND:MODEL); default: llm.backend/llm.model")
+    generate_max_overlap: float = Field(
+        0.6, ge=0, le=1, description="generated question dropped (after one rewrite) when this share of its content words "
+        "is copied from its source span"
+    )
+    generate_dedupe_cosine: float = Field(0.9, gt=0, le=1, description="generated questions closer than this (MiniLM cosine) are near-duplicates")
 
 
 class MmragConfig(BaseSettings):
@@ -441,6 +508,23 @@ class MmragConfig(BaseSettings):
     page_batch: int = Field(64, ge=1, le=100_000, description="pages fetched, embedded and committed together")
     strict: bool = Field(False, description="exit non-zero when any item failed, not only when nothing was indexed")
     progress: bool | None = Field(None, description="progress bars; default: only on a terminal and not under CI")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_preset_index_side(cls, data: Any) -> Any:
+        """``search.preset: seed`` also means the design's chunks (paragraphs, no context, no merging) and image
+        surrogates (no nearby text), for every field of those not given explicitly."""
+        if not isinstance(data, dict):
+            return data
+        search = data.get("search")
+        preset = search.get("preset") if isinstance(search, dict) else getattr(search, "preset", None)
+        if preset != "seed":
+            return data
+        for section, seed in (("chunking", SEED_CHUNKING), ("images", SEED_IMAGES)):
+            given = data.get(section)
+            if given is None or isinstance(given, dict):
+                data = {**data, section: {**seed, **(given or {})}}
+        return data
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:

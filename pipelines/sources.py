@@ -276,7 +276,8 @@ def _html_files(directory: Path, exclude: Iterable[str]) -> list[Path]:
 
 
 def _expand_sitemap(
-    url: str, body: bytes | None, origin: str, fetcher: Fetcher, out: _Collector, depth: int, seen: set[str]
+    url: str, body: bytes | None, origin: str, fetcher: Fetcher, out: _Collector, depth: int, seen: set[str],
+    chain: tuple[str, ...] = (),
 ) -> int:
     """Add the pages of the sitemap at ``url`` (and its children) to ``out``; return how many were found."""
     seen.add(url)
@@ -295,12 +296,16 @@ def _expand_sitemap(
         out.add_url(page, origin)
     found = len(pages)
     for child in children:
+        if child == url or child in chain:  # a loop, not a sitemap listed twice: say so (it may be why nothing was found)
+            out.error(origin, f"sitemap {url} lists {'itself' if child == url else f'its parent sitemap {child}'} "
+                              "as a child sitemap (a loop): not read again")
+            continue
         if child in seen:
             continue
         if depth >= MAX_SITEMAP_DEPTH:
             out.error(origin, f"sitemap {child}: nested more than {MAX_SITEMAP_DEPTH} levels deep, not read")
             continue
-        found += _expand_sitemap(child, None, origin, fetcher, out, depth + 1, seen)
+        found += _expand_sitemap(child, None, origin, fetcher, out, depth + 1, seen, (*chain, url))
     return found
 
 
@@ -352,8 +357,11 @@ def _expand_one(source: str, fetcher: Fetcher, exclude: Iterable[str], out: _Col
     # url_list
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        out.error(source, f"cannot read URL list {path}: {exc}")
+    except UnicodeDecodeError as exc:
+        out.error(source, f"URL list {path} is not UTF-8 text (byte offset {exc.start}: {exc.object[exc.start:exc.start + 1]!r})")
+        return 0
+    except OSError as exc:
+        out.error(source, f"cannot read URL list {path}: {exc.strerror or exc}")
         return 0
     urls = parse_url_list(text)
     for url in urls:

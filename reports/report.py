@@ -6,6 +6,7 @@ Jinja2 with autoescaping, so article text holding ``<script>`` shows as text.
 
 Sections: run header (corpus fingerprint, embedder, table versions, commit), metric table with
 significance markers against a baseline (``--baseline RUN_DIR``; for a sweep the best setting),
+with a baseline the regressed queries per target (worst first, both runs' top hits side by side),
 sweep plots (k × temperature heatmap, threshold curves, recall@k curves), per-query drill-down
 (``<details>`` per query: retrieved snippets and thumbnails, relevant items marked), LLM answers
 side by side (``answers.parquet``), the index run's failures and the ``eval_history`` trend.
@@ -27,6 +28,7 @@ import jinja2
 import pyarrow.parquet as pq
 from markupsafe import Markup
 
+from mmrag.eval.diff import DEFAULT_METRIC, query_diff
 from mmrag.eval.results import load_run, read_history
 from mmrag.eval.significance import compare_per_query
 from mmrag.pipelines.store import DOCUMENTS, IMAGE_BLOBS, IndexStore, database_exists, open_existing
@@ -120,10 +122,12 @@ def collect_report_data(
     sweep_rows = _read_parquet(path / "sweep.parquet")
     sweep_info = _read_json(path / "sweep.json", {})
     baseline = None
+    baseline_hits: list[dict[str, Any]] = []
     if baseline_dir is not None:
         baseline = load_run(baseline_dir)
+        baseline_hits = _read_parquet(baseline.path / "hits.parquet")
     tables = (manifest.get("setting") or {}).get("tables") or {}
-    image_sha = [h.get("image_sha256") for h in hits if h.get("target") == "image"]
+    image_sha = [h.get("image_sha256") for h in (*hits, *baseline_hits) if h.get("target") == "image"]
     return {
         "run_dir": str(path),
         "manifest": manifest,
@@ -137,6 +141,7 @@ def collect_report_data(
         "sweep_rows": sweep_rows,
         "sweep_info": sweep_info,
         "baseline": baseline,
+        "baseline_hits": baseline_hits,
         "thumbnails": load_thumbnails(db_uri, image_sha),
         "failures": load_failures(db_uri, tables.get("image")),
         "history": load_history(history_uri),
@@ -235,27 +240,82 @@ def drilldown(
     return out
 
 
+def diff_metric(metrics: Sequence[str], per_query: Sequence[Mapping[str, Any]],
+                baseline_per_query: Sequence[Mapping[str, Any]]) -> str | None:
+    """The metric the "Regressed queries" section compares: ``recall@5`` when both runs have it, else the first shown metric both have."""
+    have = set(per_query[0]) & set(baseline_per_query[0]) if per_query and baseline_per_query else set()
+    for m in (DEFAULT_METRIC, *metrics):
+        if m in have:
+            return m
+    return None
+
+
+def regressed_queries(
+    per_query: Sequence[Mapping[str, Any]],
+    baseline_per_query: Sequence[Mapping[str, Any]],
+    *,
+    metric: str,
+    hits: Sequence[Mapping[str, Any]] = (),
+    baseline_hits: Sequence[Mapping[str, Any]] = (),
+    thumbnails: Mapping[str, str] | None = None,
+    n_hits: int = 3,
+    limit: int = 20,
+) -> list[dict[str, Any]]:
+    """Per target, the queries whose ``metric`` dropped from the baseline to this run, worst first (:func:`mmrag.eval.diff.query_diff`).
+
+    ``[{target, metric, n_regressed, shown: [{query_id, kind, query, a, b, delta, hits_a, hits_b}]}]`` (targets with
+    no regression left out; at most ``limit`` queries each). Each side's top ``n_hits`` hits carry ``rank, relevant,
+    doc_url, section, src_url, snippet`` and ``thumbnail`` (key of the image's thumbnail in ``thumbnails``, or None).
+    """
+    thumbnails = thumbnails or {}
+    sha_of = {(h["target"], h["query_id"], h["id"]): h.get("image_sha256") for h in (*hits, *baseline_hits)}
+    targets = sorted({r["target"] for r in per_query} & {r["target"] for r in baseline_per_query})
+    out = []
+    for target in targets:
+        table = query_diff(baseline_per_query, per_query, metric=metric, target=target, hits_a=baseline_hits, hits_b=hits,
+                           n_hits=n_hits)
+        worse = table[table["delta"] < 0]
+        if worse.empty:
+            continue
+        shown = []
+        for r in worse.head(limit).to_dict(orient="records"):
+            sides = {}
+            for side in ("hits_a", "hits_b"):
+                sides[side] = []
+                for h in r[side]:
+                    sha = sha_of.get((target, r["query_id"], h["id"])) or ""
+                    sides[side].append({**h, "thumbnail": sha[:16] if sha in thumbnails else None})
+            shown.append({"query_id": r["query_id"], "kind": r["kind"], "query": r["query"], "a": r[f"{metric}_a"],
+                          "b": r[f"{metric}_b"], "delta": r["delta"], **sides})
+        out.append({"target": target, "metric": metric, "n_regressed": len(worse), "shown": shown})
+    return out
+
+
 def answer_table(answers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Answers side by side: ``{"models": [llm…], "score_columns": […], "rows": [{query_id, query, cells: {llm: row}}]}``.
 
-    Every numeric column is a score column (non-LLM and judged metrics, latency, tokens, judge time);
+    Every numeric column is a score column (non-LLM and judged metrics, latency, tokens, judge time) but a judged
+    metric's spread over repeats, ``spread`` maps ``{metric: "<metric>_std"}`` (shown as ``mean ± std``);
     ``judges`` names the judge models and endpoints, ``judge_failures`` counts answers with a failed judged metric.
     """
     models = sorted({a["llm"] for a in answers})
     skip = {"query_id", "llm", "query", "answer", "error", "reference_answer", "run_id", "contexts", "setting_json"}
     numeric = [k for k in (answers[0] if answers else {}) if k not in skip
                and any(isinstance(a.get(k), (int, float)) and not isinstance(a.get(k), bool) for a in answers)]
+    # A judged metric's spread over repeats (``<metric>_std``) is shown beside its mean (``0.75 ± 0.29``), not as a column.
+    spread = {k.removesuffix("_std"): k for k in numeric if k.endswith("_std") and k.removesuffix("_std") in numeric}
+    numeric = [k for k in numeric if k not in spread.values()]
     rows: dict[str, dict[str, Any]] = {}
     for a in answers:
         row = rows.setdefault(a["query_id"], {"query_id": a["query_id"], "query": a.get("query", ""),
                                               "reference_answer": a.get("reference_answer"), "cells": {}})
         row["cells"][a["llm"]] = a
-    means = {m: {c: _mean([a.get(c) for a in answers if a["llm"] == m]) for c in numeric} for m in models}
+    means = {m: {c: _mean([a.get(c) for a in answers if a["llm"] == m]) for c in (*numeric, *spread.values())} for m in models}
     failures = {m: sum(1 for a in answers if a["llm"] == m and a.get("error")) for m in models}
     judge_failures = {m: sum(1 for a in answers if a["llm"] == m and a.get("judge_error")) for m in models}
     judges = sorted({a["judge"] for a in answers if a.get("judge")})
-    return {"models": models, "score_columns": numeric, "rows": list(rows.values()), "means": means, "failures": failures,
-            "judges": judges, "judge_failures": judge_failures}
+    return {"models": models, "score_columns": numeric, "spread": spread, "rows": list(rows.values()), "means": means,
+            "failures": failures, "judges": judges, "judge_failures": judge_failures}
 
 
 def _mean(values: Sequence[Any]) -> float | None:
@@ -363,6 +423,11 @@ def render_report(data: Mapping[str, Any], *, plotly_js: str | None = None) -> s
     sweep_info = data.get("sweep_info") or {}
     table = metric_table(data["aggregates"], metrics, per_query=data["per_query"],
                          baseline_per_query=baseline.per_query if baseline is not None else None)
+    regressed = None
+    if baseline is not None:
+        metric = diff_metric(metrics, data["per_query"], baseline.per_query)
+        regressed = regressed_queries(data["per_query"], baseline.per_query, metric=metric, hits=data["hits"],
+                                      baseline_hits=data.get("baseline_hits") or [], thumbnails=data["thumbnails"]) if metric else []
     sweep_metric = sweep_info.get("primary_metric") or "text_recall@5"
     figures = [{"title": f["title"], "html": Markup(f["html"])} for f in sweep_figures(sweep_rows, metric=sweep_metric)]
     hist = history_figure(data.get("history") or [])
@@ -382,6 +447,7 @@ def render_report(data: Mapping[str, Any], *, plotly_js: str | None = None) -> s
         run_dir=data["run_dir"],
         table=table,
         baseline=baseline.manifest if baseline is not None else None,
+        regressed=regressed,
         sweep_rows=sweep_rows,
         sweep_cols=sweep_cols,
         sweep_info=sweep_info,

@@ -16,11 +16,18 @@ from mmrag.cli.common import (
     DbOption,
     JsonOption,
     build_config,
+    DEBUG,
+    check_embedder_name,
     emit_json,
     fail,
+    quiet_prefect_errors,
     open_existing_store,
     prepare_prefect_environment,
 )
+from mmrag.cli.run_progress import IndexProgress
+from mmrag.cli.signals import stop_on_signals
+from mmrag.pipelines.embed import EmbedderUnavailable, embedder_specs
+from mmrag.pipelines.guard import DatabaseLocked, StoreWriteError
 
 app = typer.Typer(
     name="mmrag",
@@ -29,6 +36,17 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _every_command(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="full tracebacks and Prefect's error logs (also MMRAG_DEBUG=1)")] = False,
+) -> None:
+    """Every command stops within seconds on SIGINT/SIGTERM, exit 130/143 (:mod:`mmrag.cli.signals`)."""
+    if debug:
+        DEBUG["on"] = True
+    ctx.with_resource(stop_on_signals())
 
 
 @app.command()
@@ -85,13 +103,16 @@ def index(
             "progress": False if json_output else progress,
         },
     )
+    check_embedder_name(cfg)
     prepare_prefect_environment()
-    from mmrag.flows.index import run_index
-    from mmrag.pipelines.embed import EmbedderUnavailable
-    from mmrag.pipelines.guard import DatabaseLocked, StoreWriteError
+    from mmrag.flows.index import run_index  # deferred: Prefect takes seconds to import; only commands that run a flow pay it
 
+    quiet_prefect_errors()
+
+    progress_so_far = IndexProgress(cfg, list(sources), json_output=json_output)
     try:
-        summary = run_index(sources, cfg)
+        with progress_so_far, stop_on_signals(progress_so_far.report):
+            summary = run_index(sources, cfg)
     except EmbedderUnavailable as exc:
         fail(str(exc))
     except (DatabaseLocked, StoreWriteError) as exc:
@@ -137,8 +158,6 @@ def status(
 ) -> None:
     """What the index holds: per table rows, versions, embedders; and the last run."""
     cfg = build_config(config, {"store.db_uri": db})
-    from mmrag.pipelines.embed import embedder_specs
-
     index_store = open_existing_store(cfg)
     tables = index_store.table_stats()
     last = index_store.last_run()

@@ -20,11 +20,32 @@ from mmrag.cli.common import (
     fail,
     load_entries,
     open_existing_store,
+    check_embedder_name,
     prepare_prefect_environment,
+    quiet_prefect_errors,
     report_module,
 )
 from mmrag.cli.main import main_command
 from mmrag.cli.search import ImageScoringOption
+from mmrag.config import EmbedConfig
+from mmrag.eval.beir import BeirError, import_beir
+from mmrag.eval.derive import KINDS, derive_entries
+from mmrag.eval.diff import diff_runs, format_diff, format_regressions, worst_regressions
+from mmrag.eval.evalset import dump_evalset
+from mmrag.eval.export import ExportError, beir_from_index, beir_from_run, export_trec
+from mmrag.eval.gate import FingerprintMismatch, GateError, check_gate, format_gate_table, load_baseline, write_baseline
+from mmrag.eval.labels import label_entries, unmatched_labels
+from mmrag.eval.metrics import metric_names
+from mmrag.eval.querygen import CachedLlm, GenerateError, cache_path, generate_set
+from mmrag.eval.results import load_run
+from mmrag.eval.run import open_index
+from mmrag.eval.sweep import GridError, expand_grid, load_grid, point_config
+from mmrag.pipelines.embed import EmbedderUnavailable, create_embedder
+from mmrag.pipelines.guard import DatabaseLocked, StoreWriteError
+from mmrag.pipelines.llm import make_backend, parse_llm_spec
+from mmrag.pipelines.llm.base import LlmError
+from mmrag.pipelines.retrieve import SearchError, Searcher
+from mmrag.pipelines.store import chunks_table_name, images_table_name
 
 eval_app = typer.Typer(
     name="eval",
@@ -55,9 +76,6 @@ def check(
     cfg = build_config(config, {"store.db_uri": db, "embed.name": embedder, "chunking.strategy": chunking})
     entries = load_entries(queries)
     open_existing_store(cfg)
-    from mmrag.eval.labels import label_entries, unmatched_labels
-    from mmrag.eval.run import open_index
-    from mmrag.pipelines.retrieve import SearchError, Searcher
 
     wants_text = any(e.relevant for e in entries)
     wants_images = any(e.relevant_images for e in entries)
@@ -99,9 +117,6 @@ def derive(
     chunking: ChunkingOption = None,
 ) -> None:
     """Build caption→image and heading→section query sets from the index, warning about leakage."""
-    from mmrag.eval.derive import KINDS, derive_entries
-    from mmrag.eval.evalset import dump_evalset
-    from mmrag.pipelines.store import chunks_table_name, images_table_name
 
     kinds = list(kind or KINDS)
     for k in kinds:
@@ -164,7 +179,6 @@ def run(
     if threshold is not None:
         fields = ["search.cosine_threshold"] if cfg.search.mode == "cosine" else ["search.text_threshold", "search.image_threshold"]
         cfg = build_config(config, {**overrides, **{f: threshold for f in fields}})
-    from mmrag.eval.metrics import metric_names
 
     try:
         metric_names(cfg.eval.cutoffs)
@@ -174,17 +188,19 @@ def run(
     load_entries(entries_path)  # fail fast, one line per bad entry
     open_existing_store(cfg)
     prepare_prefect_environment()
-    from mmrag.flows.evaluate import run_evaluate
-    from mmrag.pipelines.retrieve import SearchError
+    from mmrag.flows.evaluate import run_evaluate  # deferred: Prefect takes seconds to import; only commands that run a flow pay it
 
     try:
         summary = run_evaluate(entries_path, cfg, out_dir=cfg.eval.out_dir)
     except SearchError as exc:
         fail(str(exc))
         return
+    scored = sum(v.get("n_queries", 0) for v in summary["overall"].values())
     if json_output:
         report_path = _write_run_report(summary["run_dir"], cfg.store.db_uri)
         emit_json({**summary, "report": str(report_path) if report_path else None})
+        if not scored:
+            fail(_nothing_scored(summary, entries_path), code=1)
         return
     metrics = summary["metrics"]
     show = [m for m in ("recall@1", "recall@5", "recall@10", "ndcg@10", "hit_rate@5", "mrr") if m in metrics] or metrics[:6]
@@ -202,6 +218,13 @@ def run(
     report_path = _write_run_report(summary["run_dir"], cfg.store.db_uri)
     if report_path is not None:
         typer.echo(f"report: {report_path.resolve()}")
+    if not scored:
+        fail(_nothing_scored(summary, entries_path), code=1)
+
+
+def _nothing_scored(summary: dict, entries_path: Path) -> str:
+    return (f"no query was scored: {len(summary['unmatched'])} labels match nothing in the index "
+            f"(`mmrag eval check {entries_path}` lists them; was the corpus indexed with this --embedder/--chunking?)")
 
 
 @eval_app.command("baseline")
@@ -211,7 +234,6 @@ def baseline(
     json_output: JsonOption = False,
 ) -> None:
     """Write a baseline (fingerprints, setting, aggregates, per-query values) from an eval run."""
-    from mmrag.eval.gate import write_baseline
 
     try:
         path = write_baseline(run_dir, out)
@@ -237,8 +259,6 @@ def gate(
 ) -> None:
     """Exit 1 when a gated metric dropped by more than the tolerance and significantly (p < max-p)."""
     cfg = build_config(config, {"eval.tolerance": tolerance, "eval.max_p": max_p, "eval.stat_test": stat_test})
-    from mmrag.eval.gate import FingerprintMismatch, GateError, check_gate, format_gate_table, load_baseline
-    from mmrag.eval.results import load_run
 
     try:
         record = load_run(run_dir)
@@ -259,7 +279,6 @@ def gate(
         typer.echo(f"run {record.run_id} vs baseline {baseline_file} (from run {base.get('run_id')})")
         typer.echo(format_gate_table(result))
         if result.failed:
-            from mmrag.eval.diff import format_regressions, worst_regressions
 
             for row in (r for r in result.rows if r["status"] == "FAIL"):
                 spec = f"{row['target']}:{row['metric']}"
@@ -311,7 +330,6 @@ def sweep(
     report_out: Annotated[Optional[Path], typer.Option("--report", help="also copy the HTML report here (e.g. reports/latest/index.html)")] = None,
 ) -> None:
     """Evaluate every setting of a grid (indexes built once, queries embedded once); writes one run directory + report."""
-    from mmrag.eval.sweep import GridError, expand_grid, load_grid, point_config
 
     cfg = build_config(config, {"store.db_uri": db, "eval.target": target, "eval.queries": str(queries) if queries else None,
                                 "eval.out_dir": str(out) if out else None})
@@ -328,8 +346,7 @@ def sweep(
     entries_path = Path(cfg.eval.queries)
     load_entries(entries_path)
     prepare_prefect_environment()
-    from mmrag.flows.sweep import run_sweep_flow
-    from mmrag.pipelines.retrieve import SearchError
+    from mmrag.flows.sweep import run_sweep_flow  # deferred: Prefect takes seconds to import; only commands that run a flow pay it
 
     try:
         summary = run_sweep_flow(entries_path, grid_data, cfg, sources=list(source or ["data/sample/"]), index=index,
@@ -383,8 +400,7 @@ def answers(
     cfg = build_config(config, overrides)
     if cfg.eval.judge_images:  # the judge's images are the run's image hits
         cfg = build_config(config, {**overrides, "eval.target": "both"})
-    from mmrag.eval.judge import parse_judge_spec
-    from mmrag.pipelines.llm.base import LlmError
+    from mmrag.eval.judge import parse_judge_spec  # deferred: ragas loads an LLM stack (~6 s)
 
     judge_text = judge or cfg.eval.judge
     judge_spec = None
@@ -398,14 +414,12 @@ def answers(
             fail("--judge-images: the embedded llama.cpp judge reads text only; use a vision model (ollama:MODEL or openai:MODEL@URL)")
     entries_path = Path(cfg.eval.queries)
     entries = load_entries(entries_path)
-    from mmrag.eval.answers import answer_run_dir, answer_summary
-    from mmrag.pipelines.embed import create_embedder
+    from mmrag.eval.answers import answer_run_dir, answer_summary  # deferred: ragas loads an LLM stack (~6 s)
 
     if run_dir is None:
         open_existing_store(cfg)
         prepare_prefect_environment()
-        from mmrag.flows.evaluate import run_evaluate
-        from mmrag.pipelines.retrieve import SearchError
+        from mmrag.flows.evaluate import run_evaluate  # deferred: Prefect takes seconds to import; only commands that run a flow pay it
 
         try:
             run_dir = Path(run_evaluate(entries_path, cfg, out_dir=cfg.eval.out_dir)["run_dir"])
@@ -433,7 +447,6 @@ def answers(
 
 
 def _chunk_table(cfg) -> str:
-    from mmrag.pipelines.store import chunks_table_name
 
     return chunks_table_name(cfg.search.table_embedder or cfg.embed.name, cfg.chunking.key())
 
@@ -452,7 +465,6 @@ def export(
     chunking: ChunkingOption = None,
 ) -> None:
     """Export an eval run as TREC run + qrels files, or the indexed chunks, queries and qrels in BEIR's layout."""
-    from mmrag.eval.export import ExportError, beir_from_index, beir_from_run, export_trec
 
     if fmt not in ("trec", "beir"):
         fail(f"--format: unsupported format {fmt!r} (use trec or beir)")
@@ -475,7 +487,6 @@ def export(
     cfg = build_config(config, {"store.db_uri": db, "embed.name": embedder, "chunking.strategy": chunking})
     try:
         if run_dir is not None:
-            from mmrag.eval.results import load_run
 
             db_uri = db or load_run(run_dir).manifest.get("db_uri") or cfg.store.db_uri
             cfg = build_config(config, {"store.db_uri": db_uri})
@@ -515,7 +526,6 @@ def diff(
     if target not in ("text", "image"):
         fail(f"--target: unknown target {target!r} (use text or image)")
     cfg = build_config(config, {"eval.stat_test": stat_test})
-    from mmrag.eval.diff import diff_runs, format_diff
 
     try:
         result = diff_runs(run_a, run_b, metric=metric, target=target, n_hits=hits, stat_test=cfg.eval.stat_test,
@@ -544,7 +554,6 @@ def import_beir_command(
     chunking: ChunkingOption = None,
 ) -> None:
     """Turn a BEIR dataset into one HTML page per document and an eval set of its queries and qrels, and index the pages."""
-    from mmrag.eval.beir import BeirError, import_beir
 
     cfg = build_config(config, {"store.db_uri": db, "embed.name": embedder, "chunking.strategy": chunking,
                                 "progress": False if json_output else None})
@@ -558,10 +567,11 @@ def import_beir_command(
         typer.echo(f"mmrag: warning: {warning}", err=True)
     summary = None
     if index:
+        check_embedder_name(cfg)
         prepare_prefect_environment()
-        from mmrag.flows.index import run_index
-        from mmrag.pipelines.embed import EmbedderUnavailable
-        from mmrag.pipelines.guard import DatabaseLocked, StoreWriteError
+        from mmrag.flows.index import run_index  # deferred: Prefect takes seconds to import; only commands that run a flow pay it
+
+        quiet_prefect_errors()
 
         try:
             summary = run_index([str(imported.pages_dir)], cfg)
@@ -582,6 +592,52 @@ def import_beir_command(
         typer.echo(f"evaluate: {next_step}")
     raise typer.Exit(summary.exit_code(strict=cfg.strict) if summary is not None else 0)
 
+
+# --------------------------------------------------------------------------- generated query sets (issue #16)
+
+
+@eval_app.command("generate")
+def generate(
+    out: Annotated[Path, typer.Option("--out", help="eval set to write (JSON Lines); provenance in FILE.meta.json")],
+    n: Annotated[int, typer.Option("--n", min=1, help="questions to generate")] = 20,
+    llm: Annotated[Optional[str], typer.Option("--llm", help="BACKEND:MODEL writing the questions (default eval.generate_llm, "
+                                               "else llm.backend/llm.model)")] = None,
+    add: Annotated[Optional[int], typer.Option("--add", min=1, help="add N questions from documents new or changed since FILE's meta")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="sampling seed (same seed, same index: same set)")] = 0,
+    judge: Annotated[Optional[str], typer.Option("--judge", help="BACKEND:MODEL that drops questions its evidence does not answer")] = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+    json_output: JsonOption = False,
+    embedder: EmbedderOption = None,
+    chunking: ChunkingOption = None,
+) -> None:
+    """Write an eval set of LLM-written questions from the index: text questions from sampled sentences, figure questions
+    from images with a caption or OCR text; filtered for copying, near-duplicates and (with --judge) answerability."""
+    cfg = build_config(config, {"store.db_uri": db, "embed.name": embedder, "chunking.strategy": chunking})
+    index_store = open_existing_store(cfg)
+
+    try:
+        backend_name, model = parse_llm_spec(llm or cfg.eval.generate_llm, cfg.llm)
+        spec = f"{backend_name}:{model}"
+        writer = CachedLlm(make_backend(cfg.llm, spec), spec, cache_path(out), seed=seed, temperature=cfg.llm.temperature)
+        checker = None
+        if judge:
+            judge_backend, judge_model = parse_llm_spec(judge, cfg.llm)
+            judge = f"{judge_backend}:{judge_model}"
+            checker = writer if judge == spec else CachedLlm(make_backend(cfg.llm, judge), judge, None, seed=seed,
+                                                             temperature=0.0, share=writer)
+        _entries, summary = generate_set(index_store, cfg, out, llm=writer, llm_spec=spec, n=n, add=add, seed=seed,
+                                         embed=create_embedder(EmbedConfig(name="minilm", device=cfg.embed.device)).embed_texts,
+                                         judge=checker, judge_spec=judge, log=lambda m: typer.echo(m, err=True))
+    except (GenerateError, LlmError) as exc:
+        fail(str(exc))
+        return
+    if json_output:
+        emit_json({"out": str(out), "meta": str(out) + ".meta.json", **summary.to_dict()})
+    else:
+        for line in summary.lines():
+            typer.echo(line)
+        typer.echo(f"wrote {out} (+ {out.name}.meta.json); check it: mmrag eval check {out} --db {cfg.store.db_uri}")
 
 def register_top(app: typer.Typer) -> None:
     """Mount the top-level commands of part B on the main app: ``mmrag report`` and ``mmrag main``."""

@@ -14,6 +14,16 @@ from typing import Annotated, Any, Optional
 import typer
 
 from mmrag.cli.common import ConfigOption, DbOption, JsonOption, build_config, emit_json, fail, open_existing_store
+from mmrag.pipelines.embed import embedders_with
+from mmrag.pipelines.generate import (DEFAULT_PROMPT_TEMPLATE, Answer, PromptTemplateError, answer_events, load_image_blobs,
+                                      load_prompt_template, read_query_image, sources_of)
+from mmrag.pipelines.llm import make_backend, parse_llm_spec
+from mmrag.pipelines.llm.base import LlmError, Usage
+from mmrag.pipelines.llm.gguf import DEFAULT_GGUF_MODEL, GGUF_MODELS, locate_parts, resolve_gguf
+from mmrag.pipelines.llm.ollama_backend import list_ollama_models, ollama_host, pull_ollama_model
+from mmrag.pipelines.images import load_rgb
+from mmrag.pipelines.retrieve import SearchError, Searcher
+from mmrag.pipelines.terminal import StreamSafe, clip, terminal_safe
 
 llm_app = typer.Typer(
     help="LLM backends: models on an Ollama server, the embedded GGUF models, the prompt template.",
@@ -33,7 +43,6 @@ def retrieve_for_question(cfg: Any, question: str, image: Path | None) -> list[A
     that embeds images (clip, blip2), hits of the image query are appended (duplicates dropped).
     Raises ``ValueError`` (``SearchError``) with a one-line message when search cannot run.
     """
-    from mmrag.pipelines.retrieve import SearchError, Searcher
 
     searcher = Searcher(cfg)
     hits = list(searcher.search(question).hits)
@@ -50,9 +59,9 @@ def _format_source(source: Any) -> str:
     title, section = source.article_title or "", source.section or ""
     # Section paths usually start with the article's own heading: show the title once.
     where = section if title and section.startswith(title) else " › ".join(p for p in (title, section) if p)
-    line = f"  [{source.rank}] {source.score:6.3f}  {source.target:<5}  {where or '-'}  {source.doc_url}"
+    line = f"  [{source.rank}] {source.score:6.3f}  {source.target:<5}  {clip(where, 80) or '-'}  {clip(source.doc_url, 200)}"
     if source.image_path:
-        line += f"\n        image: {source.image_path}"
+        line += f"\n        image: {clip(source.image_path, 200)}"
     return line
 
 
@@ -86,13 +95,14 @@ def ask(
     """Answer QUESTION from the index: streams the answer, then lists its sources (url, section, image, score)."""
     cfg = build_config(config, {"store.db_uri": db, "llm.max_tokens": max_tokens,
                                     "llm.prompt_template": str(prompt_template) if prompt_template else None})
-    from mmrag.pipelines.generate import (Answer, PromptTemplateError, answer_events, load_image_blobs, load_prompt_template,
-                                    read_query_image, sources_of)
-    from mmrag.pipelines.llm import make_backend, parse_llm_spec
-    from mmrag.pipelines.llm.base import LlmError, Usage
 
     if image is not None and not image.is_file():
         fail(f"--image: no file at {image}")
+    if image is not None:
+        try:
+            load_rgb(image.read_bytes(), cfg.images, max_bytes=cfg.fetch.max_image_bytes)
+        except (ValueError, OSError) as exc:
+            fail(f"--image: {image} is not an image that can be read ({exc})")
     try:
         load_prompt_template(cfg.llm.prompt_template)
         backend_name, model = parse_llm_spec(llm, cfg.llm)
@@ -106,9 +116,14 @@ def ask(
     answer = Answer(question=question, answer="", sources=sources_of(hits), backend=backend_name, model=model)
     pieces: list[str] = []
     streamed = False
+    screen = StreamSafe()  # the model may echo escape sequences from page text: never pass them to the terminal
     try:
         backend = make_backend(cfg.llm, llm)
         query_image = read_query_image(image, ocr=cfg.llm.ocr_query_image and not backend.supports_images) if image else None
+        if query_image is not None and not backend.supports_images and not query_image.ocr_text \
+                and cfg.embed.name not in embedders_with("image"):
+            fail(f"--image cannot be used: {backend_name}:{model} reads text only, embedder {cfg.embed.name} does not embed "
+                 "images, and no text was read from it (llm.ocr_query_image); use a vision model or --embedder clip")
         blobs = load_image_blobs(index_store, [getattr(h, "image_sha256", None) or "" for h in hits]) if cfg.llm.send_images else {}
         answer.prompt, events = answer_events(question, hits, backend, cfg.llm, query_image=query_image, blobs=blobs)
         for event in events:
@@ -118,7 +133,7 @@ def ask(
             pieces.append(event)
             if not json_output:
                 streamed = True
-                sys.stdout.write(event)
+                sys.stdout.write(screen.feed(event))
                 sys.stdout.flush()
     except LlmError as exc:
         answer.error = {"kind": exc.kind, "message": exc.message}
@@ -127,7 +142,7 @@ def ask(
         emit_json(answer.to_dict())
     else:
         if streamed:
-            typer.echo("")
+            typer.echo(screen.flush())
         typer.echo("\nSources:" if answer.sources else "\nSources: none (the index returned no hits)")
         for source in answer.sources:
             typer.echo(_format_source(source))
@@ -148,7 +163,6 @@ def pull(
 ) -> None:
     """Ask the Ollama server to pull a model (progress on stderr), or assemble a local GGUF model (llamacpp:NAME)."""
     cfg = build_config(config, {"llm.ollama_host": host})
-    from mmrag.pipelines.llm.base import LlmError
 
     backend, _, name = model.partition(":") if model.split(":", 1)[0] in ("ollama", "llamacpp", "openai") else ("ollama", "", model)
     try:
@@ -156,7 +170,6 @@ def pull(
             path = _prepare_gguf(name, cfg.llm.cache_dir)
             result = {"model": f"llamacpp:{name}", "status": "success", "path": str(path)}
         elif backend == "ollama":
-            from mmrag.pipelines.llm.ollama_backend import ollama_host, pull_ollama_model
 
             last: list[str] = []
 
@@ -182,7 +195,6 @@ def pull(
 
 
 def _prepare_gguf(name: str, cache_dir: str) -> Path:
-    from mmrag.pipelines.llm.gguf import DEFAULT_GGUF_MODEL, resolve_gguf
 
     return resolve_gguf(name or DEFAULT_GGUF_MODEL, cache_dir)
 
@@ -195,9 +207,6 @@ def list_models(
 ) -> None:
     """The embedded GGUF models (installed? assembled?) and the models on the Ollama server (if one answers)."""
     cfg = build_config(config, {"llm.ollama_host": host})
-    from mmrag.pipelines.llm.base import LlmError
-    from mmrag.pipelines.llm.gguf import GGUF_MODELS, locate_parts
-    from mmrag.pipelines.llm.ollama_backend import list_ollama_models, ollama_host
 
     local = []
     for spec in GGUF_MODELS.values():
@@ -234,6 +243,5 @@ def list_models(
 @llm_app.command("template")
 def template() -> None:
     """Print the built-in prompt template (copy it, edit it, point llm.prompt_template or --prompt-template at it)."""
-    from mmrag.pipelines.generate import DEFAULT_PROMPT_TEMPLATE
 
     sys.stdout.write(DEFAULT_PROMPT_TEMPLATE)

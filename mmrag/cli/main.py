@@ -25,6 +25,7 @@ from mmrag.cli.common import (
     prepare_prefect_environment,
     report_module,
 )
+from mmrag.eval.sweep import GridError, load_grid
 
 
 def main_command(
@@ -39,7 +40,6 @@ def main_command(
     config: ConfigOption = None,
 ) -> None:
     """Index the sample corpus, sweep retrieval settings, score LLM answers, write reports/latest/index.html."""
-    from mmrag.eval.sweep import GridError, load_grid
 
     cfg = build_config(config, {"store.db_uri": db, "progress": False})
     sources = list(source or ["data/sample/"])
@@ -51,13 +51,13 @@ def main_command(
     entries = load_entries(queries)
     prepare_prefect_environment()
     started = time.perf_counter()
-    from mmrag.flows.index import run_index
+    from mmrag.flows.index import run_index  # deferred: Prefect takes seconds to import; only commands that run a flow pay it
 
     typer.echo(f"[1/4] indexing {', '.join(sources)} into {cfg.store.db_uri}")
     summary = run_index(sources, cfg)
     typer.echo(f"      {summary.pages_ok} pages ok")
     typer.echo(f"[2/4] sweeping {grid} on {queries}")
-    from mmrag.flows.sweep import run_sweep_flow
+    from mmrag.flows.sweep import run_sweep_flow  # deferred: Prefect takes seconds to import; only commands that run a flow pay it
 
     result = run_sweep_flow(queries, grid_data, cfg, sources=sources, out_dir=cfg.eval.out_dir, report=False)
     run_dir = Path(result["run_dir"])
@@ -68,7 +68,7 @@ def main_command(
         typer.echo("      skipped: --answers 0")
     else:
         try:
-            from mmrag.eval.answers import answer_step
+            from mmrag.eval.answers import answer_step  # deferred: ragas loads an LLM stack (~6 s)
 
             reason = answer_step(run_dir, entries, cfg, llm=llm, limit=answers, base_dir=queries.parent, budget_s=answer_budget)
         except Exception as exc:  # noqa: BLE001 - the retrieval report is still worth writing

@@ -18,6 +18,10 @@ from typing import Annotated, Any, Optional
 import typer
 
 from mmrag.config import ConfigError, MmragConfig, load_config
+from mmrag.pipelines import blip2_embedder, clip_embedder
+from mmrag.pipelines.clip_embedder import cached_snapshot, softmax
+from mmrag.pipelines.embed import EmbedderUnavailable, create_embedder, embedder_specs
+from mmrag.pipelines.images import load_rgb
 
 models_app = typer.Typer(
     help="Embedder weights: which are present, and fetching them on a machine with network.",
@@ -50,7 +54,6 @@ def _emit_json(data: Any) -> None:
 
 def default_checkpoint(embedder_name: str) -> str | None:
     """The Hugging Face repo id an embedder loads by default, or None when it is not known here."""
-    from mmrag.pipelines import blip2_embedder, clip_embedder
 
     return {
         "clip": clip_embedder.DEFAULT_CHECKPOINT,
@@ -71,7 +74,6 @@ def local_weights(embedder_name: str) -> Path | None:
     checkpoint = default_checkpoint(embedder_name)
     if checkpoint is None:
         return None
-    from mmrag.pipelines.clip_embedder import cached_snapshot
 
     return cached_snapshot(checkpoint)
 
@@ -94,7 +96,6 @@ def human_size(n_bytes: int) -> str:
 @models_app.command("list")
 def list_models(json_output: JsonOption = False) -> None:
     """Every registered embedder: modalities, default checkpoint, whether its weights are here and their size."""
-    from mmrag.pipelines.embed import embedder_specs
 
     rows = []
     for spec in embedder_specs():
@@ -132,7 +133,6 @@ def pull(
     """Download an embedder's checkpoint into DIR (needs network; run it where there is some and copy DIR over)."""
     repo_id = checkpoint or default_checkpoint(name)
     if repo_id is None:
-        from mmrag.pipelines.embed import embedder_specs
 
         known = ", ".join(s.name for s in embedder_specs())
         _fail(f"no known checkpoint for embedder {name!r}; known embedders: {known} (or pass --checkpoint REPO_ID)")
@@ -166,7 +166,6 @@ def _build_config(config_file: Path | None, embedder: str, model_path: str | Non
 
 def zero_shot_probabilities(embedder: Any, images: list[Any], labels: list[str], template: str = "{}") -> Any:
     """``(n_images, n_labels)`` softmax over ``logit_scale`` × similarity of each image with each label text."""
-    from mmrag.pipelines.clip_embedder import softmax
 
     texts = [template.replace("{}", label) for label in labels]
     return softmax(embedder.zero_shot_logits(images, texts), axis=1)
@@ -190,8 +189,6 @@ def classify(
     An image that cannot be read or decoded gets a one-line error on stderr; the exit code is 1
     when any did.
     """
-    from mmrag.pipelines.embed import EmbedderUnavailable, create_embedder, embedder_specs
-    from mmrag.pipelines.images import load_rgb
 
     labels = list(dict.fromkeys(label.strip() for label in labels if label.strip()))
     if not labels:

@@ -18,6 +18,7 @@ from mmrag.cli.common import (
     open_existing_store,
     prepare_prefect_environment,
 )
+from mmrag.pipelines import guard, maintenance, store
 
 
 def maintain(
@@ -34,7 +35,6 @@ def maintain(
         "store.db_uri": db, "ops.cleanup_older_than_days": older_than_days, "ops.vector_index_min_rows": index_min_rows,
         "ops.vector_index_type": index_type, "ops.gc_image_blobs": gc,
     })
-    from mmrag.pipelines import guard, maintenance, store
 
     index_store = open_existing_store(cfg)
     try:
@@ -80,7 +80,7 @@ def serve(
     from prefect import serve as prefect_serve
     from prefect.schedules import Cron
 
-    from mmrag.flows.scheduled import scheduled_index_flow, sweep_gate_flow
+    from mmrag.flows.scheduled import scheduled_index_flow, sweep_gate_flow  # deferred: Prefect takes seconds to import; only commands that run a flow pay it
 
     config_file = str(config.resolve()) if config else None
     deployments = [scheduled_index_flow.to_deployment(

@@ -9,6 +9,7 @@ error answer and the loop goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -17,6 +18,11 @@ from typing import Annotated, Any, Optional
 import typer
 
 from mmrag.cli.common import ConfigOption, DbOption, JsonOption, build_config, emit_json, fail
+from mmrag.pipelines import store
+from mmrag.pipelines.generate import caption_or_generated
+from mmrag.pipelines.import_vectors import VectorImportError, import_vectors
+from mmrag.pipelines.retrieve import Filters, SearchError, Searcher, check_user_where
+from mmrag.pipelines.terminal import clip, terminal_safe
 
 ImageScoringOption = Annotated[Optional[str], typer.Option(
     "--image-scoring", help="images: mean (one vector per image, the original design) | max_query (best of BLIP-2's "
@@ -70,28 +76,39 @@ def search(
     json_output: JsonOption = False,
 ) -> None:
     """Search text chunks and/or images; prints hits (rank, score, cosine, title > section, text or caption)."""
-    cfg = build_config(
-        config,
-        {
-            "store.db_uri": db,
-            "embed.name": embedder,
-            "embed.model_path": model_path,
-            "chunking.strategy": chunking,
-            "search.target": target,
-            "search.mode": mode,
-            "search.softmax_pool": pool,
-            "search.image_scoring": image_scoring,
-            "search.reranker": reranker,
-            "search.rerank_candidates": candidates,
-            "search.table_embedder": table_embedder,
-            "search.cross_encoder_model": cross_encoder,
-            "search.rerank_llm": llm,
-            "search.llm_base_url": llm_url,
-            "search.llm_model": llm_model,
-        },
-    )
-    from mmrag.pipelines.retrieve import Filters, SearchError, Searcher
-
+    settings = {
+        "store.db_uri": db,
+        "embed.name": embedder,
+        "embed.model_path": model_path,
+        "chunking.strategy": chunking,
+        "search.target": target,
+        "search.mode": mode,
+        "search.softmax_pool": pool,
+        "search.image_scoring": image_scoring,
+        "search.reranker": reranker,
+        "search.rerank_candidates": candidates,
+        "search.table_embedder": table_embedder,
+        "search.cross_encoder_model": cross_encoder,
+        "search.rerank_llm": llm,
+        "search.llm_base_url": llm_url,
+        "search.llm_model": llm_model,
+    }
+    cfg = build_config(config, settings)
+    option_fields: dict[str, Any] = {}
+    if k is not None:
+        option_fields |= {"search.text_k": k, "search.image_k": k}
+    if temperature is not None:
+        option_fields |= {"search.text_temperature": temperature, "search.image_temperature": temperature}
+    if threshold is not None:  # the bounds of the threshold this mode applies
+        option_fields |= ({"search.cosine_threshold": threshold} if cfg.search.mode in ("cosine", "hybrid")
+                          else {"search.text_threshold": threshold, "search.image_threshold": threshold})
+    if option_fields:  # validated by the config model, like every configured value (the search takes them as overrides)
+        build_config(config, {**settings, **option_fields})
+    if where is not None:  # refused before anything is opened: one expression, no statement or comment
+        try:
+            check_user_where(where)
+        except SearchError as exc:
+            fail(f"--where: {exc}")
     filters = Filters(url_prefix=url_prefix, title=title, section=section, image_status=image_status,
                       fetched_since=fetched_since, fetched_until=fetched_until, published_since=published_since,
                       published_until=published_until, where=where)
@@ -117,16 +134,19 @@ def search(
 
 def _serve_stdin(searcher: Any, filters: Any, overrides: dict[str, Any], json_output: bool) -> None:
     """Answer one query per stdin line until EOF."""
-    import dataclasses
-
-    from mmrag.pipelines.retrieve import Filters, SearchError
-
     filter_keys = {f.name for f in dataclasses.fields(Filters)}
-    for number, line in enumerate(sys.stdin, 1):
-        line = line.strip()
-        if not line:
+    for number, raw in enumerate(sys.stdin.buffer, 1):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
+        except UnicodeDecodeError as exc:
+            line, bad = "", f"not UTF-8 text (byte offset {exc.start} of the line: {raw[exc.start:exc.start + 1]!r})"
+        else:
+            bad = None
+        if not line and bad is None:
             continue
         try:
+            if bad is not None:
+                raise ValueError(bad)
             args = parse_query_line(line)
             line_filters = dataclasses.replace(filters, **{key: args.pop(key) for key in list(args) if key in filter_keys})
             if "candidates" in args:
@@ -137,7 +157,7 @@ def _serve_stdin(searcher: Any, filters: Any, overrides: dict[str, Any], json_ou
             if json_output:
                 sys.stdout.write(json.dumps({"line": number, "error": str(exc)}) + "\n")
             else:
-                typer.echo(f"mmrag: error: line {number}: {exc}", err=True)
+                typer.echo(f"mmrag: error: line {number}: {terminal_safe(str(exc), keep_newlines=False)}", err=True)
             sys.stdout.flush()
             continue
         if json_output:
@@ -163,17 +183,14 @@ def parse_query_line(line: str) -> dict[str, Any]:
     return {key: value for key, value in data.items() if value is not None}
 
 
-def _clip(text: str | None, width: int) -> str:
-    text = " ".join((text or "").split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def format_result(result: Any, *, width: int = 72) -> str:
-    """Compact human-readable tables of a :class:`~mmrag.pipelines.retrieve.SearchResult`, one per target."""
-    from mmrag.pipelines.generate import caption_or_generated
+    """Compact human-readable tables of a :class:`~mmrag.pipelines.retrieve.SearchResult`, one per target.
 
+    Stored text is printed neutralised (:func:`mmrag.pipelines.terminal.terminal_safe`: no escape sequence
+    or control character reaches the terminal) and clipped after that, so a cut never splits a sequence.
+    """
     lines: list[str] = []
-    what = f"image {result.image}" if result.image else repr(result.query)
+    what = f"image {terminal_safe(str(result.image))}" if result.image else terminal_safe(repr(result.query))
     for target, table in result.tables.items():
         hits = result.hits_for(target)
         exact = result.softmax_exact.get(target)
@@ -187,10 +204,10 @@ def format_result(result: Any, *, width: int = 72) -> str:
             continue
         lines.append(f"  {'#':>3} {'score':>8} {'cos':>6}  {'article > section':<34}  {'text' if target == 'text' else 'caption [status] src'}")
         for hit in hits:
-            where = _clip(" > ".join(p for p in (hit.article_title, hit.section) if p), 34)
+            where = clip(" > ".join(p for p in (hit.article_title, hit.section) if p), 34)
             caption = caption_or_generated(hit) or "(no caption)"
             body = hit.text if hit.target == "text" else f"{caption} [{hit.image_status}] {hit.src_url}"
-            lines.append(f"  {hit.rank:>3} {hit.score:>8.4f} {hit.similarity:>6.3f}  {where:<34}  {_clip(body, width)}")
+            lines.append(f"  {hit.rank:>3} {hit.score:>8.4f} {hit.similarity:>6.3f}  {where:<34}  {clip(body, width)}")
     return "\n".join(lines)
 
 
@@ -209,12 +226,10 @@ def import_vectors_command(
     cfg = build_config(config, {"store.db_uri": db})
     if target not in ("text", "images"):
         fail(f"--target: use text or images, got {target!r}")
-    from mmrag.pipelines.import_vectors import VectorImportError, import_vectors
-    from mmrag.pipelines.store import IndexStore
 
     try:
         summary = import_vectors(
-            IndexStore(cfg.store.db_uri), vectors, content, embedder=embedder_label, target=target,  # type: ignore[arg-type]
+            store.IndexStore(cfg.store.db_uri), vectors, content, embedder=embedder_label, target=target,  # type: ignore[arg-type]
             chunking_key=chunking_key, images_root=images_root, image_cfg=cfg.images,
             max_image_bytes=cfg.fetch.max_image_bytes,
         )

@@ -51,7 +51,10 @@ from mmrag.pipelines.retrieve.hits import (
     ranked,
     resolve_targets,
 )
+from mmrag.pipelines.llm import make_backend
+from mmrag.pipelines.llm.base import LlmError
 from mmrag.pipelines.retrieve.rerank import RerankContext, Reranker, create_reranker
+from mmrag.pipelines.retrieve.rewrite import QueryRewriter, rewriter_for
 from mmrag.pipelines.retrieve.scoring import (
     auto_refine_factor,
     refine_factor_for,
@@ -183,6 +186,7 @@ class Searcher:
         self._store = store
         self.tables = tables if tables is not None else OpenedTables()
         self._rerankers: dict[str, Reranker] = {}
+        self._rewriter: QueryRewriter | None = None
 
     # ---- resources
 
@@ -272,6 +276,20 @@ class Searcher:
         """Forget opened tables so the next query reads their latest versions."""
         self.tables.clear()
 
+    @property
+    def rewriter(self) -> QueryRewriter | None:
+        """The query rewriter ``search.query_rewrite`` names (built once; None for ``none``)."""
+        if self._rewriter is None and self.cfg.search.query_rewrite != "none":
+            def backend():
+                try:
+                    return make_backend(self.cfg.llm, self.cfg.search.rewrite_llm)
+                except LlmError as exc:
+                    raise SearchError(f"query rewrite: {exc}") from None
+
+            self._rewriter = rewriter_for(self.cfg.search.query_rewrite, backend,
+                                          max_tokens=self.cfg.search.rewrite_max_tokens)
+        return self._rewriter
+
     def reranker(self, name: str) -> Reranker:
         """The reranker ``name`` built from ``cfg.search`` (kept for later queries)."""
         if name not in self._rerankers:
@@ -284,8 +302,16 @@ class Searcher:
         """The query vector of a text or an image (a PIL image, a path or encoded bytes), float32 ``(d,)``."""
         self._check_query(text, image)
         if text is not None:
-            return np.asarray(self.embedder.embed_texts([text]), dtype=np.float32)[0]
+            embedded = self.rewriter.rewrite(text) if self.rewriter is not None else text
+            return np.asarray(self.embedder.embed_texts([embedded]), dtype=np.float32)[0]
         return np.asarray(self.embedder.embed_images([self._load_image(image)]), dtype=np.float32)[0]
+
+    def embed_query_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Query vectors of ``texts`` in one batch, float32 ``(n, d)``, each rewritten first when ``search.query_rewrite``
+        says so (as :meth:`embed_query` does one at a time)."""
+        require_modality(self.embedder_name, self._embedder_modalities(), "text")
+        embedded = [self.rewriter.rewrite(t) for t in texts] if self.rewriter is not None else list(texts)
+        return np.asarray(self.embedder.embed_texts(embedded), dtype=np.float32)
 
     def _check_query(self, text: str | None, image: Any) -> None:
         if (text is None) == (image is None):
@@ -323,6 +349,10 @@ class Searcher:
             self._check_query(query, image)
             _ = self.embedder  # loaded once; timed apart from embedding
             timings["load_model"] = (time.perf_counter() - started) * 1000
+        if query is not None and self.rewriter is not None:
+            rewrite_started = time.perf_counter()
+            self.rewriter.rewrite(query)  # cached: embed_query reuses it
+            timings["rewrite"] = (time.perf_counter() - rewrite_started) * 1000
         embed_started = time.perf_counter()
         vector = self.embed_query(query, image)
         timings["embed"] = (time.perf_counter() - embed_started) * 1000

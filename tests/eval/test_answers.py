@@ -142,3 +142,31 @@ def test_judged_answers_get_the_contexts_their_model_was_given(tmp_path, monkeyp
     assert records[0]["judge"] == f"openai:judge@{fake.url}/v1" and records[0]["judge_tokens_in"] > 0
     assert records[1]["error"] and records[1]["faithfulness"] is None and records[1]["judge"] is None  # failed answers are not judged
     assert answer_summary(rows)["fake:m"]["faithfulness"] == 1.0
+
+
+def test_rejudging_the_same_answers_reads_the_cache_beside_the_runs(tmp_path, monkeypatch, minilm):
+    """eval.judge_repeats: 2 writes mean and spread columns; the second run of the same answers makes no judge call."""
+    from mmrag.eval.judge import CACHE_FILE, JudgeSpec
+
+    result = fake_result([1.0, 0.0])
+    result.hits[0]["text"] = "RRF uses the constant k = 60."
+    run_dir = write_run(result, tmp_path / "runs", tag_versions=False)
+    monkeypatch.setattr("mmrag.eval.answers.make_backend", lambda cfg, spec: FakeBackend(fail_on="question 1"))
+    cfg = MmragConfig(eval={"judge_repeats": 2})
+    with serve_fake_llm({"judge": FakeModel()}) as fake:
+        fake.reply_for = lambda model, messages: json.dumps(
+            {"statements": [{"statement": "k is 60.", "reason": "stated", "verdict": 1}]}
+            if "judge the faithfulness" in messages[-1]["content"] else
+            {"statements": ["k is 60."]} if "analyze the complexity" in messages[-1]["content"] else
+            {"question": "question 0", "noncommittal": 0})
+        spec = JudgeSpec("openai", "judge", fake.url + "/v1")
+        answer_run_dir(run_dir, result.entries, cfg, ["fake:m"], embed=minilm.embed_texts, judge=spec)
+        first_calls = len(fake.chat_requests("/v1/chat/completions"))
+        rows = answer_run_dir(run_dir, result.entries, cfg, ["fake:m"], embed=minilm.embed_texts, judge=spec)
+        second_calls = len(fake.chat_requests("/v1/chat/completions")) - first_calls
+    assert first_calls == 6 and second_calls == 0 and (tmp_path / "runs" / CACHE_FILE).is_file()
+    records = pq.read_table(run_dir / "answers.parquet").to_pylist()
+    assert records[0]["faithfulness"] == 1.0 and records[0]["faithfulness_std"] == 0.0
+    assert records[0]["judge_repeats"] == 2 and records[0]["judge_cached"] == 4
+    assert {"faithfulness_std", "answer_relevancy_std", "judge_repeats", "judge_cached"} <= set(ANSWER_COLUMNS)
+    assert answer_summary(rows)["fake:m"]["faithfulness_std"] == 0.0

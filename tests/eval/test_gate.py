@@ -86,3 +86,24 @@ def test_gate_and_baseline_commands(tmp_path):
     result = runner.invoke(app, ["eval", "gate", "--run", str(tmp_path), "--baseline", str(baseline_file),
                                  "--metric", "recall@10"])
     assert result.exit_code == 2 and "not an eval run directory" in result.output
+
+
+def test_gate_markdown_lists_the_worst_regressed_queries_of_a_failing_gate(tmp_path):
+    from mmrag.eval.diff import worst_regressions
+    from mmrag.eval.gate import gate_markdown
+
+    baseline = make_baseline(load_run(run_dir(tmp_path, GOOD, "base")))
+    worse = load_run(run_dir(tmp_path, [v - 0.5 for v in GOOD[:-2]] + GOOD[-2:], "worse"))
+    result = check_gate(worse, baseline, ["text:recall@10"], tolerance=0.02)
+    assert result.failed
+    plain = gate_markdown(result, run_id="worse", baseline="b.json")
+    assert "Worst regressed queries" not in plain
+    regressions = {"text:recall@10": worst_regressions(baseline, worse, "text:recall@10", n=3), "text:mrr": []}
+    md = gate_markdown(result, run_id="worse", baseline="b.json", regressions=regressions)
+    assert md.startswith(plain) and "## Worst regressed queries" in md
+    section = md.split("## Worst regressed queries", 1)[1]
+    assert "**text:recall@10** (baseline → run):" in section and "no query got worse on it" in section
+    table = [line for line in section.splitlines() if line.startswith("| `")]
+    assert len(table) == 3
+    for line, row in zip(table, regressions["text:recall@10"]):
+        assert line.startswith(f"| `{row['query_id']}` | text | {row['a']:.3f} | {row['b']:.3f} | {row['delta']:+.3f} |")

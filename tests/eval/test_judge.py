@@ -190,3 +190,73 @@ def test_the_embedded_model_served_on_loopback_judges_for_real(minilm):
     with socket.socket() as sock, pytest.raises(ConnectionRefusedError):
         sock.connect(("127.0.0.1", url.port))  # stopped with the run
     print(f"\nreal judge: {json.dumps({k: row[k] for k in (*JUDGE_COLUMNS, 'judge_error', 'judge_s', 'judge_tokens_in', 'judge_tokens_out')})}")
+
+
+def test_repeats_give_mean_and_spread_and_the_cache_makes_a_rerun_call_nothing(minilm, tmp_path):
+    """Three repeats of a judge that changes its mind: mean and sample std; a rerun of the same answer from the
+    cache file makes no call; a changed answer, reference or repeat count asks again only for what is new."""
+    from mmrag.eval.judge import JudgeCache, spread
+
+    nli_calls = 0
+
+    def flipping(model, messages):
+        nonlocal nli_calls
+        text = _prompt_text(messages)
+        if "judge the faithfulness" in text:  # supports both statements on the 1st and 3rd call, one of two on the 2nd
+            nli_calls += 1
+            verdicts = [1, 1] if nli_calls % 2 else [1, 0]
+            return json.dumps({"statements": [{"statement": s, "reason": "r", "verdict": v}
+                                              for s, v in zip(REPLIES["analyze the complexity of each sentence"]["statements"], verdicts)]})
+        key = next(k for k in REPLIES if k in text)
+        return json.dumps(REPLIES[key])
+
+    settings = EvalConfig(judge_repeats=3)
+    cache_file = tmp_path / "judge-cache.jsonl"
+    with serve_fake_llm({"judge": FakeModel()}) as fake:
+        fake.reply_for = flipping
+        spec = JudgeSpec("openai", "judge", fake.url + "/v1")
+        first = judge_rows(_rows(), [[CONTEXT], []], [[], []], spec=spec, llm_config=LlmConfig(), settings=settings,
+                           embed=minilm.embed_texts, cache=JudgeCache(cache_file))[0]
+        calls_first = len(fake.chat_requests("/v1/chat/completions"))
+        seen: list[str] = []
+        again = judge_rows(_rows(), [[CONTEXT], []], [[], []], spec=spec, llm_config=LlmConfig(), settings=settings,
+                           embed=minilm.embed_texts, cache=JudgeCache(cache_file), log=seen.append)[0]
+        calls_again = len(fake.chat_requests("/v1/chat/completions")) - calls_first
+        changed = _rows()[:1]
+        changed[0]["reference_answer"] = "k = 60"
+        judge_rows(changed, [[CONTEXT]], [[]], spec=spec, llm_config=LlmConfig(), settings=settings,
+                   embed=minilm.embed_texts, cache=JudgeCache(cache_file))
+        calls_changed = len(fake.chat_requests("/v1/chat/completions")) - calls_first - calls_again
+        more = judge_rows(_rows()[:1], [[CONTEXT]], [[]], spec=spec, llm_config=LlmConfig(),
+                          settings=EvalConfig(judge_repeats=4), embed=minilm.embed_texts, cache=JudgeCache(cache_file))[0]
+        calls_more = len(fake.chat_requests("/v1/chat/completions")) - calls_first - calls_again - calls_changed
+    # 3 repeats x (statements + NLI for faithfulness, 1 question for answer relevancy) = 9 calls
+    assert calls_first == 9 and first["judge_repeats"] == 3 and first["judge_cached"] == 0
+    assert first["faithfulness"] == pytest.approx((1.0 + 0.5 + 1.0) / 3)
+    assert first["faithfulness_std"] == pytest.approx(spread([1.0, 0.5, 1.0])) and first["faithfulness_std"] > 0.28
+    assert first["answer_relevancy"] == pytest.approx(1.0, abs=1e-5) and first["answer_relevancy_std"] == pytest.approx(0.0, abs=1e-6)
+    assert first["multimodal_faithfulness_std"] is None and first["judge_error"] is None
+    assert calls_again == 0 and again["judge_cached"] == 6  # 2 metrics x 3 repeats, no endpoint opened
+    assert {k: again[k] for k in (*JUDGE_COLUMNS, "faithfulness_std")} == {k: first[k] for k in (*JUDGE_COLUMNS, "faithfulness_std")}
+    assert again["judge"] == "openai:judge (cached)" and any("all 6 verdicts cached" in m for m in seen)
+    assert calls_changed == 9  # another reference answer is another key
+    assert calls_more == 3 and more["judge_cached"] == 6 and more["judge_repeats"] == 4  # only the 4th repeat is new
+    lines = [json.loads(line) for line in cache_file.read_text().splitlines()]
+    assert len(lines) == 6 + 6 + 2 and {line["metric"] for line in lines} == {"faithfulness", "answer_relevancy"}
+
+
+def test_a_failed_verdict_is_not_cached(minilm, tmp_path):
+    from mmrag.eval.judge import JudgeCache
+
+    replies = {**REPLIES, "judge the faithfulness of a series of statements": "not json"}
+    with serve_fake_llm({"judge": FakeModel()}) as fake:
+        fake.reply_for = _script(replies, [])
+        spec = JudgeSpec("openai", "judge", fake.url + "/v1")
+        for _ in range(2):
+            row = judge_rows(_rows()[:1], [[CONTEXT]], [[]], spec=spec, llm_config=LlmConfig(),
+                             settings=EvalConfig(judge_max_retries=0, judge_repeats=2), embed=minilm.embed_texts,
+                             cache=JudgeCache(tmp_path / "c.jsonl"))[0]
+        nli = [r for r in fake.chat_requests("/v1/chat/completions") if "judge the faithfulness" in _prompt_text(r.body["messages"])]
+    assert len(nli) == 4  # asked again on the rerun: failures are not cached
+    assert row["faithfulness"] is None and row["judge_cached"] == 2  # the answer relevancy verdicts were
+    assert "faithfulness: repeat 1/2: " in row["judge_error"] and "faithfulness: repeat 2/2: " in row["judge_error"]

@@ -25,9 +25,18 @@ from tests.helpers import REPO_ROOT, SAMPLE_DIR
 def test_default_grid_loads_and_every_point_is_a_valid_config():
     grid = load_grid(REPO_ROOT / "eval" / "grids" / "sample.yaml")
     points = expand_grid(grid)
-    assert len(points) == 36 and len({setting_id(p) for p in points}) == 36
-    for p in points:
-        point_config(MmragConfig(), p)
+    assert len(points) == 9 and len({setting_id(p) for p in points}) == 9
+    modes = {point_config(MmragConfig(), p).search.mode for p in points}
+    assert modes == {"hybrid", "cosine", "softmax"}
+
+
+def test_a_seed_preset_point_gets_the_designs_search_and_chunks_unless_the_point_says_otherwise():
+    seed = point_config(MmragConfig(), {"preset": "seed"})
+    assert (seed.search.mode, seed.chunking.key(), seed.images.surrogate_context) == ("softmax", "paragraph", "none")
+    mixed = point_config(MmragConfig(), {"preset": "seed", "context": "title_section", "k": 5})
+    assert (mixed.search.mode, mixed.chunking.key(), mixed.search.text_k) == ("softmax", "paragraph-ctx", 5)
+    default = point_config(MmragConfig(), {})
+    assert (default.search.mode, default.chunking.key()) == ("hybrid", "paragraph-m48-ctx")
 
 
 def test_grid_errors_name_the_problem(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mmrag.cli import app
+from mmrag.config import MmragConfig
 from tests.helpers import REPO_ROOT, SAMPLE_DIR
 
 runner = CliRunner()
@@ -66,13 +67,13 @@ def test_index_status_export_round_trip(tmp_path):
     assert result.exit_code == 0, result.output
     status = json.loads(result.stdout)
     tables = {t["table"]: t for t in status["tables"]}
-    assert tables["chunks__minilm__paragraph"]["rows"] == 1
+    assert tables[f"chunks__minilm__{MmragConfig().chunking.key()}"]["rows"] == 1
     assert tables["documents"]["rows"] == 1
     assert status["last_run"]["run_id"] == summary["run_id"]
     assert "minilm" in {e["name"] for e in status["embedders"]}
 
     human = runner.invoke(app, ["status", "--db", str(db)])
-    assert "chunks__minilm__paragraph" in human.output and summary["run_id"] in human.output
+    assert f"chunks__minilm__{MmragConfig().chunking.key()}" in human.output and summary["run_id"] in human.output
 
     out = tmp_path / "export"
     result = runner.invoke(app, ["export", "--db", str(db), "--out", str(out), "--format", "parquet",

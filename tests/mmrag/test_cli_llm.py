@@ -7,7 +7,7 @@ import os
 import pytest
 from typer.testing import CliRunner
 
-from mmrag.cli import llm
+from mmrag.cli import llm as cli_llm
 from mmrag.cli import app
 from mmrag.pipelines.retrieve import Hit
 from mmrag.pipelines.store import IndexStore

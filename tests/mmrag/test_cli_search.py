@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mmrag.cli import app
+from mmrag.config import MmragConfig
 from mmrag.pipelines.import_vectors import import_vectors
 from mmrag.pipelines.store import IndexStore
 from tests.fake_llm_server import unused_port
@@ -28,20 +29,22 @@ TEXTS = [
     ("Chunking", "Windows", "Fixed windows of characters overlap so that no sentence is cut without context."),
     ("O'Reilly's notes", "Misc", "Softmax temperature sharpens or flattens the distribution of similarity scores."),
 ]
+KEY = MmragConfig().chunking.key()  # the default chunk table's key
 CAPTIONS = ["a layered graph of points", "a bar chart of recall against latency", "two towers encoding images and text"]
 PUBLISHED = {"Reranking": "2024-04-29", "Indexes": "2024-03-18"}  # the other articles have no known date
 
 
 @pytest.fixture(scope="module")
 def minilm_db(tmp_path_factory, minilm) -> Path:
-    """A database with real MiniLM vectors in the default tables (chunks__minilm__paragraph, images__minilm)."""
+    """A database with real MiniLM vectors in the default tables (chunks__minilm__<default key>, images__minilm)."""
     root = tmp_path_factory.mktemp("cli-search")
     store = IndexStore(str(root / "db"))
     records = [{"article_title": a, "section": s, "text": t, "url": f"https://notes.example/{a.split()[0].lower()}",
                 "published": PUBLISHED.get(a)} for a, s, t in TEXTS]
     np.save(root / "t.npy", minilm.embed_texts([r["text"] for r in records]))
     (root / "t.jsonl").write_text("\n".join(json.dumps(r) for r in records), encoding="utf-8")
-    import_vectors(store, root / "t.npy", root / "t.jsonl", embedder="minilm", target="text")
+    import_vectors(store, root / "t.npy", root / "t.jsonl", embedder="minilm", target="text",
+                   chunking_key=MmragConfig().chunking.key())
     images = [{"image_path": f"img/{i}.png", "caption": c, "article_title": "Indexes", "section": "Figures",
                "url": "https://notes.example/indexes", "published": PUBLISHED["Indexes"]} for i, c in enumerate(CAPTIONS)]
     np.save(root / "i.npy", minilm.embed_texts(CAPTIONS))
@@ -70,7 +73,7 @@ def test_search_json_lists_hits(minilm_db, loads):
                                  "--mode", "cosine", "--k", "2"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["tables"] == {"text": "chunks__minilm__paragraph"} and data["mode"] == "cosine"
+    assert data["tables"] == {"text": f"chunks__minilm__{KEY}"} and data["mode"] == "cosine"
     top = data["hits"][0]
     assert top["rank"] == 1 and top["target"] == "text" and top["section"] == "Fusion"
     assert {"id", "score", "similarity", "doc_url", "article_title", "text"} <= set(top)
@@ -82,7 +85,7 @@ def test_search_human_table_both_targets_and_filters(minilm_db, loads):
                                  "--k", "2", "--title", "Indexes"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("text hits for 'graph index': 2 (cosine") and "chunks__minilm__paragraph" in lines[0]
+    assert lines[0].startswith("text hits for 'graph index': 2 (cosine") and f"chunks__minilm__{KEY}" in lines[0]
     assert any(line.startswith("images hits") for line in lines)
     assert "HNSW builds" in result.stdout and "Reciprocal" not in result.stdout
     assert "[not_fetched] img/" in result.stdout
@@ -92,9 +95,11 @@ def test_search_human_table_both_targets_and_filters(minilm_db, loads):
     where = runner.invoke(app, ["search", "vectors", "--db", str(minilm_db), "--json", "--mode", "cosine",
                                 "--where", "section IN ('HNSW', 'Windows')", "--url-prefix", "https://notes.example/ind"])
     assert [h["section"] for h in json.loads(where.stdout)["hits"]] == ["HNSW"]
-    softmax = runner.invoke(app, ["search", "vectors", "--db", str(minilm_db), "--json"])
+    softmax = runner.invoke(app, ["search", "vectors", "--db", str(minilm_db), "--json", "--mode", "softmax"])
     data = json.loads(softmax.stdout)
     assert data["softmax_exact"] == {"text": True} and len(data["hits"]) == 6  # 6 rows: every score ≥ 0.01
+    default = json.loads(runner.invoke(app, ["search", "vectors", "--db", str(minilm_db), "--json"]).stdout)
+    assert default["mode"] == "hybrid" and default["softmax_exact"] == {} and len(default["hits"]) == 6  # up to k: all rows
 
 
 def test_search_filters_by_publication_date(minilm_db, loads):
@@ -136,7 +141,7 @@ def test_search_errors_are_one_line_exit_2(minilm_db, loads, tmp_path):
         (["search", "q", "--db", str(minilm_db), "--reranker", "llm", "--llm-url", f"http://127.0.0.1:{unused_port()}/v1"],
          "cannot reach the OpenAI-compatible endpoint"),
         (["search", "q", "--db", str(minilm_db), "--mode", "dot"], "search.mode"),
-        (["search", "q", "--db", str(minilm_db), "--chunking", "window"], "no table 'chunks__minilm__window-256-25'"),
+        (["search", "q", "--db", str(minilm_db), "--chunking", "window"], "no table 'chunks__minilm__window-256-25-ctx'"),
     ]
     for args, message in cases:
         result = runner.invoke(app, args)

@@ -68,6 +68,10 @@ def test_unreadable_files_are_config_errors(tmp_path):
 
 
 def test_chunking_key_names_tables():
-    assert MmragConfig().chunking.key() == "paragraph"
-    assert load_config(None, {"chunking.strategy": "window"}).chunking.key() == "window-256-25"
-    assert load_config(None, {"chunking.strategy": "tokens", "chunking.max_tokens": 128}).chunking.key() == "tokens-128"
+    assert MmragConfig().chunking.key() == "paragraph-m48-ctx"  # the defaults: merged short paragraphs, with context
+    plain = {"chunking.context": "none", "chunking.merge_min_tokens": 0}
+    assert load_config(None, plain).chunking.key() == "paragraph"
+    assert load_config(None, {**plain, "chunking.strategy": "window"}).chunking.key() == "window-256-25"
+    assert load_config(None, {**plain, "chunking.strategy": "tokens", "chunking.max_tokens": 128}).chunking.key() == "tokens-128"
+    assert load_config(None, {"chunking.strategy": "tokens", "chunking.max_tokens": 128}).chunking.key() == "tokens-128-ctx"
+    assert load_config(None, {"search.preset": "seed"}).chunking.key() == "paragraph"  # the design's chunks

@@ -156,9 +156,13 @@ def synthetic(tmp_path):
     return store, vectors
 
 
+#: these tests check the original design's search semantics: the seed preset (softmax, plain paragraph chunks)
+SEED = {"preset": "seed"}
+
+
 def searcher_for(store: IndexStore, **search) -> Searcher:
     cfg = MmragConfig(store={"db_uri": store.db_uri}, embed={"name": "minilm"},
-                      search={"table_embedder": "synth", **search})
+                      search={**SEED, "table_embedder": "synth", **search})
     return Searcher(cfg, store=store)
 
 
@@ -237,7 +241,7 @@ def test_wrong_dimension_missing_table_and_image_query_errors(synthetic, tmp_pat
     searcher = searcher_for(store)
     with pytest.raises(SearchError, match="16"):
         searcher.search_vector(np.ones(8, np.float32), target="text")
-    other = Searcher(MmragConfig(store={"db_uri": store.db_uri}, search={"table_embedder": "nope"}), store=store)
+    other = Searcher(MmragConfig(store={"db_uri": store.db_uri}, search={**SEED, "table_embedder": "nope"}), store=store)
     with pytest.raises(SearchError, match="chunks__synth__paragraph"):
         other.search_vector(vectors[0], target="text")
     # minilm is text-only: the error names the registered embedders that embed images, before loading anything
@@ -245,7 +249,7 @@ def test_wrong_dimension_missing_table_and_image_query_errors(synthetic, tmp_pat
         searcher.search(image=tmp_path / "query.png")
     assert searcher._embedder is None
     with pytest.raises(SearchError, match="no database"):
-        Searcher(MmragConfig(store={"db_uri": str(tmp_path / "absent")})).search_vector(vectors[0])
+        Searcher(MmragConfig(search=SEED, store={"db_uri": str(tmp_path / "absent")})).search_vector(vectors[0])
 
 
 # --------------------------------------------------------------------------- the indexed sample corpus
@@ -257,7 +261,7 @@ def sample_db(prefect_harness, tmp_path_factory):
     from mmrag.flows.index import run_index
 
     db = tmp_path_factory.mktemp("retrieve") / "db"
-    cfg = MmragConfig(store={"db_uri": str(db), "raw_dir": str(db.parent / "raw")}, progress=False)
+    cfg = MmragConfig(search=SEED, store={"db_uri": str(db), "raw_dir": str(db.parent / "raw")}, progress=False)
     summary = run_index([str(SAMPLE_DIR)], cfg)
     assert summary.exit_code(strict=False) == 0
     return db
@@ -265,7 +269,7 @@ def sample_db(prefect_harness, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sample_searcher(sample_db, minilm):
-    return Searcher(MmragConfig(store={"db_uri": str(sample_db)}), embedder=minilm)
+    return Searcher(MmragConfig(search=SEED, store={"db_uri": str(sample_db)}), embedder=minilm)
 
 
 @pytest.mark.slow
@@ -358,11 +362,11 @@ def test_an_undated_page_is_excluded_and_an_old_database_gets_dates_on_reparse(p
     (pages / "dated.html").write_text(DATED_PAGE, encoding="utf-8")
     (pages / "undated.html").write_text(UNDATED_PAGE, encoding="utf-8")
     db = tmp_path / "db"
-    cfg = MmragConfig(store={"db_uri": str(db), "raw_dir": str(tmp_path / "raw")}, progress=False)
+    cfg = MmragConfig(search=SEED, store={"db_uri": str(db), "raw_dir": str(tmp_path / "raw")}, progress=False)
     assert run_index([str(pages)], cfg).exit_code(strict=False) == 0
 
     def search(since: str | None, target: str = "text", searcher: Searcher | None = None):
-        searcher = searcher or Searcher(MmragConfig(store={"db_uri": str(db)}), embedder=minilm)
+        searcher = searcher or Searcher(MmragConfig(search=SEED, store={"db_uri": str(db)}), embedder=minilm)
         return searcher.search("lighthouse", target=target, mode="cosine", k=20,
                                filters=Filters(published_since=since))
 
@@ -376,7 +380,7 @@ def test_an_undated_page_is_excluded_and_an_old_database_gets_dates_on_reparse(p
     before = {name: store.open_table(name).to_arrow().drop_columns(["published"]) for name in content}
     for name in [*content, "documents"]:
         store.open_table(name).drop_columns(["published"])
-    long_lived = Searcher(MmragConfig(store={"db_uri": str(db)}), embedder=minilm)
+    long_lived = Searcher(MmragConfig(search=SEED, store={"db_uri": str(db)}), embedder=minilm)
     for searcher in (None, long_lived):
         with pytest.raises(SearchError, match="no publication dates.*--reparse"):
             search("2023-01-01", searcher=searcher)
@@ -410,7 +414,7 @@ def test_searcher_loads_the_embedder_once(sample_db, monkeypatch, minilm):
         return minilm
 
     monkeypatch.setattr(searcher_module, "create_embedder", counting_factory)
-    searcher = Searcher(MmragConfig(store={"db_uri": str(sample_db)}))
+    searcher = Searcher(MmragConfig(search=SEED, store={"db_uri": str(sample_db)}))
     first = searcher.search("chunk overlap", mode="cosine", k=2)
     second = searcher.search("softmax temperature", mode="cosine", k=2)
     assert calls == ["minilm"]
@@ -436,7 +440,7 @@ def test_image_queries_search_images_and_text_with_a_cross_modal_embedder(tmp_pa
     write_import(tmp_path, store, clip.embed_images(images), records, target="images", label="clip", name="i")
     texts = [{"text": s, "article_title": "A"} for s in SENTENCES]
     write_import(tmp_path, store, clip.embed_texts(SENTENCES), texts, target="text", label="clip", name="t")
-    searcher = Searcher(MmragConfig(store={"db_uri": store.db_uri}, embed=embed_cfg, search={"mode": "cosine"}),
+    searcher = Searcher(MmragConfig(store={"db_uri": store.db_uri}, embed=embed_cfg, search={**SEED, "mode": "cosine"}),
                         embedder=clip)
     query = tmp_path / "query.png"
     query.write_bytes(png_bytes(images[3]))

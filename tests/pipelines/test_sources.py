@@ -254,3 +254,27 @@ def test_expand_reports_missing_and_empty_sources(tmp_path, server, fetcher):
     assert "neither a sitemap nor an RSS/Atom feed" in messages[3]
     assert "HTTP 404" in messages[4]
     assert "not an http(s) URL" in messages[5]
+
+
+def test_a_sitemap_index_listing_itself_says_so(server, fetcher):
+    u = server.url
+    server.route("/loop.xml", xml(sitemapindex(u("/loop.xml"))))
+    server.route("/a.xml", xml(sitemapindex(u("/b.xml"))))
+    server.route("/b.xml", xml(sitemapindex(u("/a.xml"))))
+
+    targets, errors = expand_sources([u("/loop.xml"), u("/a.xml")], fetcher)
+
+    assert targets == []
+    assert errors == [
+        SourceError(u("/loop.xml"), f"sitemap {u('/loop.xml')} lists itself as a child sitemap (a loop): not read again"),
+        SourceError(u("/a.xml"), f"sitemap {u('/b.xml')} lists its parent sitemap {u('/a.xml')} as a child sitemap "
+                                 "(a loop): not read again"),
+    ]  # and not only "yielded no pages"
+
+
+def test_a_url_list_that_is_not_utf8_names_the_byte_offset(tmp_path, fetcher):
+    listing = tmp_path / "urls.txt"
+    listing.write_bytes(b"https://a.example/\nhttps://b.example/caf\xe9\n")
+    targets, errors = expand_sources([str(listing)], fetcher)
+    assert targets == []
+    assert errors == [SourceError(str(listing), f"URL list {listing} is not UTF-8 text (byte offset 40: b'\\xe9')")]

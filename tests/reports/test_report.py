@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mmrag.eval.results import append_history, history_row, write_run
+from mmrag.eval.results import append_history, history_row, load_run, write_run
 from mmrag.reports.report import (
     answer_table,
     collect_report_data,
@@ -168,3 +168,51 @@ def test_answer_section_shows_judged_metrics_and_judge_failures(run_dir):
     html = render_report(data, plotly_js="/* plotly */")
     assert f"judged by {judge}" in html and "<th>judge failures</th>" in html and "<th>faithfulness</th>" in html
     assert "judge: faithfulness: the judge&#39;s output did not fit the schema after 2 attempt(s): &lt;bad&gt;" in html
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory, prefect_harness, minilm):
+    """The sample index with its k=10 and k=1 runs (shared with test_diff / test_export through the session temp folder)."""
+    from tests.eval.sample_runs import sample_runs
+
+    return sample_runs(tmp_path_factory, embedder=minilm)
+
+
+@pytest.mark.slow
+def test_report_against_a_baseline_lists_the_regressed_queries_with_both_sides_hits(sample):
+    import re
+
+    from mmrag.eval.diff import query_diff
+
+    data = collect_report_data(sample.k1, baseline_dir=sample.k10)
+    assert data["baseline_hits"] and data["baseline"].run_id == "sample-k10"
+    html = render_report(data, plotly_js="/* plotly */")
+    assert '<section id="regressed">' in html and "<h2>Regressed queries</h2>" in html
+    base, run = load_run(sample.k10), load_run(sample.k1)
+    for target in ("text", "image"):
+        expected = query_diff(base.per_query, run.per_query, metric="recall@5", target=target)
+        expected = expected[expected["delta"] < 0]
+        if expected.empty:
+            continue
+        assert f"{target}: {len(expected)} quer" in html and "worse on recall@5" in html
+        listed = re.findall(rf'<tr class="regressed-query" id="reg-{target}-([^"]+)">', html)
+        assert listed == list(expected["query_id"])[:20]  # worst first
+    row = html.split('<tr class="regressed-query"', 2)[1]
+    cells = row.split('<td class="side">')
+    assert len(cells) == 3 and cells[1].count('<div class="hit') == 3 and cells[2].count('<div class="hit') == 1
+    assert "relevant" in cells[1]  # the k=10 side had a relevant hit in its top 3 the k=1 side lost
+    no_baseline = render_report(collect_report_data(sample.k1), plotly_js="/* plotly */")
+    assert '<section id="regressed">' not in no_baseline
+
+
+def test_answer_table_shows_the_judge_spread_beside_the_mean():
+    answers = [{"query_id": f"q{i}", "llm": "a", "query": "?", "answer": "x", "error": None, "faithfulness": f,
+                "faithfulness_std": sd, "judge": "openai:j", "judge_repeats": 3} for i, (f, sd) in enumerate([(0.5, 0.25), (1.0, 0.0)])]
+    table = answer_table(answers)
+    assert "faithfulness_std" not in table["score_columns"] and table["spread"] == {"faithfulness": "faithfulness_std"}
+    assert table["means"]["a"]["faithfulness_std"] == 0.125
+    result = fake_result([1.0, 0.0])
+    html = render_report({"run_dir": "r", "manifest": {"run_id": "r", "metrics": ["recall@10"], "setting": {}, "table_versions": {}},
+                          "per_query": result.per_query, "aggregates": result.aggregates, "hits": [], "queries": [],
+                          "answers": answers, "thumbnails": {}}, plotly_js="")
+    assert "faithfulness 0.500 ± 0.250;" in html and "± 0.125</span>" in html and "judged metrics are the mean" in html
