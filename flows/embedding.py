@@ -105,9 +105,11 @@ def embed_in_tasks(items: list, embed_task, embedder, setting, config: MmragConf
     in turn on threads (torch uses every core), all at once on Dask; returns the groups' results in order."""
     size = config.ops.embed_task_rows
     groups = [items[i : i + size] for i in range(0, len(items), size)]
-    if config.ops.task_runner != "dask":
-        return [embed_task(g, embedder, setting, progress, label) for g in groups]
     bar = progress.bar(label, total=len(items))
+    if config.ops.task_runner != "dask":  # one counter over every group, so a long stage reports as one
+        parts = [embed_task(g, embedder, setting, progress.within(bar), label) for g in groups]
+        bar.close()
+        return parts
     futures = [embed_task.submit(g, embedder, setting, progress, label) for g in groups]
     parts = []
     for future, group in zip(futures, groups):

@@ -9,47 +9,141 @@ page's own caption (``generated_caption``), so eval labels never treat it as aut
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_logger
 
 from mmrag.config import ImageConfig, LlmConfig, MmragConfig
 from mmrag.progress import Progress
 from mmrag.pipelines import generate, rows, store
 from mmrag.pipelines.llm import make_backend
 from mmrag.pipelines.llm.base import ChatBackend, LlmError
-from mmrag.pipelines.ocr import OcrUnavailable, ocr_image, resolve_backend
+from mmrag.pipelines.ocr import OcrPool, OcrUnavailable, default_ocr_workers, engine_key, resolve_backend
 from mmrag.pipelines.summary import IndexSummary
 
 
-@task(name="ocr-images", cache_policy=NO_CACHE)
-def ocr_images(blobs: dict[str, bytes], backend: str, image_cfg: ImageConfig, progress: Progress) -> tuple[dict[str, str], dict[str, str]]:
-    """Read the text in each image (``{sha256: bytes}``) with OCR ``backend``; returns ``(texts, errors)`` by sha256."""
-    bar = progress.bar("ocr images", total=len(blobs))
-    texts: dict[str, str] = {}
-    errors: dict[str, str] = {}
+@task(name="ocr-images", task_run_name="ocr-images {count} images", cache_policy=NO_CACHE)
+def ocr_images(ocr: "OcrState", blobs: dict[str, bytes], count: int = 0) -> list[str]:
+    """Start reading the text of each image (``{sha256: bytes}``) on the run's OCR pool; returns the sha256s
+    started. Results are collected (and saved) as they arrive; see :func:`collect_image_text`."""
+    started = []
     for sha, data in blobs.items():
-        try:
-            texts[sha] = ocr_image(data, backend=backend, image_cfg=image_cfg)
-        except (ValueError, RuntimeError) as exc:  # one unreadable image must not cost the run
-            errors[sha] = f"{type(exc).__name__}: {exc}"
-        bar.advance(1)
-    bar.close()
-    return texts, errors
+        ocr.pending[sha] = ocr.pool().submit(data)
+        ocr.pending[sha].add_done_callback(lambda future, sha=sha: ocr.done(sha, future))
+        started.append(sha)
+    return started
 
 
 @dataclass
 class OcrState:
-    """OCR during one run: whether it runs, the engine, and the text of every image read or found so far (by sha256)."""
+    """OCR during one run: whether it runs, the engine and its result key, the text of every image read or found
+    so far (by sha256), the images being read, and results not saved yet.
+
+    Results are saved to the ``ocr_results`` table by a saver thread at most ``SAVE_EVERY_S`` after they
+    arrive (and at the end, on any exit that runs ``finally`` blocks, SIGTERM included), so an interrupted run
+    loses at most the images in flight plus about a second of results.
+    """
 
     enabled: bool
     backend: str = ""
+    engine: str = ""
     texts: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    pending: dict[str, Future] = field(default_factory=dict)
+    image_cfg: ImageConfig | None = None
+    workers: int = 0
+    index_store: store.IndexStore | None = None
+    seconds: float = 0.0
+    read: int = 0
+    bar: object = None
+    _pool: OcrPool | None = None
+    _recorded: set[str] = field(default_factory=set)
+    _unsaved: list[dict] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _wake: threading.Event = field(default_factory=threading.Event)
+    _saver: threading.Thread | None = None
+    _closing: bool = False
+    _first_submit: float | None = None
+    _last_done: float | None = None
+
+    SAVE_EVERY_S = 1.0
+
+    def pool(self) -> OcrPool:
+        """The OCR workers, started on first use (a run with no new image starts none)."""
+        if self._first_submit is None:
+            self._first_submit = time.monotonic()
+        if self._pool is None:
+            self._pool = OcrPool(self.backend, self.image_cfg or ImageConfig(), self.workers)
+            if self.index_store is not None:
+                self._saver = threading.Thread(target=self._save_loop, name="mmrag-ocr-saver", daemon=True)
+                self._saver.start()
+        return self._pool
+
+    def done(self, sha: str, future: Future) -> None:
+        """A worker finished ``sha`` (called in a pool thread): keep the result and queue it for saving."""
+        with self._lock:
+            if future.cancelled() or sha in self._recorded:
+                return
+            self._recorded.add(sha)
+        try:
+            text, error, seconds = future.result()
+        except Exception as exc:  # a worker died (e.g. killed): this image is not read, the run goes on
+            text, error, seconds = None, f"{type(exc).__name__}: {exc}", 0.0
+        with self._lock:
+            if text is not None:
+                self.texts[sha] = text
+            else:
+                self.errors[sha] = error or "OCR failed"
+            self.seconds += seconds
+            self.read += 1
+            self._last_done = time.monotonic()
+            self._unsaved.append({"image_sha256": sha, "engine": self.engine, "text": text, "error": error,
+                                  "seconds": seconds, "created_at": datetime.now(timezone.utc)})
+        if self.bar is not None:
+            self.bar.advance(1)
+
+    @property
+    def busy_s(self) -> float:
+        """Wall seconds from the first image sent to the workers to the last result (0 when none was)."""
+        if self._first_submit is None or self._last_done is None:
+            return 0.0
+        return max(self._last_done - self._first_submit, 1e-6)
+
+    def save(self) -> int:
+        """Write the results not saved yet; returns how many."""
+        with self._lock:
+            rows_, self._unsaved = self._unsaved, []
+        if rows_ and self.index_store is not None:
+            self.index_store.save_ocr_results(rows_)
+        return len(rows_)
+
+    def _save_loop(self) -> None:
+        while not self._closing:
+            self._wake.wait(self.SAVE_EVERY_S)
+            self._wake.clear()
+            try:
+                self.save()
+            except Exception as exc:  # noqa: BLE001 - a failed save costs reuse later, not the run
+                get_logger("mmrag.ocr").warning("could not save OCR results: %s", exc)
+
+    def close(self, *, cancel: bool = False) -> None:
+        """Stop the workers (``cancel``: drop images not started) and save every result that arrived."""
+        if self._pool is not None:
+            self._pool.close(cancel=cancel)
+        self._closing = True
+        self._wake.set()
+        if self._saver is not None:
+            self._saver.join(timeout=30)
+        self.save()
 
 
-def start_ocr(config: MmragConfig, summary: IndexSummary) -> OcrState:
+def start_ocr(config: MmragConfig, summary: IndexSummary, index_store: store.IndexStore | None = None) -> OcrState:
     """The run's :class:`OcrState`; when ``images.ocr`` is on but no engine is installed, the summary says so once."""
     if not config.images.ocr:
         summary.ocr_note = "off (images.ocr is false)"
@@ -61,31 +155,60 @@ def start_ocr(config: MmragConfig, summary: IndexSummary) -> OcrState:
         get_run_logger().warning("OCR is on but cannot run: %s", exc)
         return OcrState(False)
     summary.ocr_backend = backend
-    return OcrState(True, backend)
+    workers = config.images.ocr_workers if config.images.ocr_workers is not None else default_ocr_workers()
+    summary.ocr_engine = engine_key(backend, config.images)
+    return OcrState(True, backend, summary.ocr_engine, image_cfg=config.images, workers=workers, index_store=index_store)
+
+
+def submit_image_text(occurrences: list[rows.ImageOccurrence], ocr: OcrState, index_store: store.IndexStore,
+                      summary: IndexSummary, progress: Progress) -> None:
+    """Start OCR of the decoded images of ``occurrences`` not read yet (returns at once): text read earlier in
+    this run or being read is reused, then a stored ``ocr_results`` row of the same engine key, then the
+    ``ocr_text`` of a row of any image table (same sha256); the rest go to the OCR workers."""
+    if not ocr.enabled:
+        return
+    readable = {o.info.sha256: o for o in occurrences if o.status == "ok" and o.data is not None and o.info}
+    new = [sha for sha in readable if sha not in ocr.texts and sha not in ocr.errors and sha not in ocr.pending]
+    saved = {sha: row for sha, row in index_store.ocr_results(new, ocr.engine).items() if row["text"] is not None}
+    stored = {sha: row["text"] for sha, row in saved.items()}
+    stored.update(index_store.ocr_texts_by_sha([sha for sha in new if sha not in stored]))
+    with ocr._lock:
+        ocr.texts.update(stored)
+    summary.ocr_reused += len(stored)
+    todo = {sha: readable[sha].data for sha in new if sha not in stored}
+    if todo:
+        if ocr.bar is None:
+            ocr.bar = progress.bar("ocr images", total=len(todo))
+        else:
+            ocr.bar.add_total(len(todo))
+        ocr_images(ocr, todo, len(todo))
+        summary.ocr_images += len(todo)
+
+
+def collect_image_text(occurrences: list[rows.ImageOccurrence], ocr: OcrState, summary: IndexSummary) -> list[rows.ImageOccurrence]:
+    """``occurrences`` with ``ocr_text`` filled for images that decoded, waiting for the ones still being read;
+    an image OCR could not read is recorded once as an ``ocr_error`` failure."""
+    if not ocr.enabled:
+        return occurrences
+    readable = {o.info.sha256: o for o in occurrences if o.status == "ok" and o.data is not None and o.info}
+    for sha in readable:
+        future = ocr.pending.pop(sha, None)
+        if future is not None:
+            wait([future])
+            ocr.done(sha, future)  # idempotent: the pool's callback may not have run yet
+            if sha in ocr.errors:
+                summary.add_failure("image", readable[sha].ref.src, "ocr_error", ocr.errors[sha])
+    summary.ocr_seconds = round(ocr.seconds, 3)
+    return [dataclasses.replace(o, ocr_text=ocr.texts.get(o.info.sha256))
+            if o.status == "ok" and o.info and o.info.sha256 in readable else o for o in occurrences]
 
 
 def read_image_text(occurrences: list[rows.ImageOccurrence], ocr: OcrState, index_store: store.IndexStore,
                      config: MmragConfig, summary: IndexSummary, progress: Progress) -> list[rows.ImageOccurrence]:
     """``occurrences`` with ``ocr_text`` filled for images that decoded: text read earlier in this run, else
-    stored on a row of any image table (same sha256), else OCR now, once per distinct image."""
-    if not ocr.enabled:
-        return occurrences
-    readable = {o.info.sha256: o for o in occurrences if o.status == "ok" and o.data is not None and o.info}
-    new = [sha for sha in readable if sha not in ocr.texts]
-    stored = index_store.ocr_texts_by_sha(new)
-    ocr.texts.update(stored)
-    summary.ocr_reused += len(stored)
-    todo = {sha: readable[sha].data for sha in new if sha not in stored}
-    if todo:
-        started = time.perf_counter()
-        texts, errors = ocr_images.submit(todo, ocr.backend, config.images, progress).result()
-        summary.ocr_seconds = round(summary.ocr_seconds + time.perf_counter() - started, 3)
-        summary.ocr_images += len(todo)
-        ocr.texts.update(texts)
-        for sha, message in errors.items():
-            summary.add_failure("image", readable[sha].ref.src, "ocr_error", message)
-    return [dataclasses.replace(o, ocr_text=ocr.texts.get(o.info.sha256))
-            if o.status == "ok" and o.info and o.info.sha256 in readable else o for o in occurrences]
+    stored, else OCR now, once per distinct image (:func:`submit_image_text` then :func:`collect_image_text`)."""
+    submit_image_text(occurrences, ocr, index_store, summary, progress)
+    return collect_image_text(occurrences, ocr, summary)
 
 
 @task(name="caption-images", cache_policy=NO_CACHE)

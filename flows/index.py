@@ -1,9 +1,18 @@
 """The ``index`` Prefect flow: sources -> fetch -> parse/chunk -> images -> embed -> LanceDB.
 
 Network I/O (page and image fetches) runs in its own tasks, apart from pure parsing, so each can be
-retried, cached or distributed on its own. Pages are processed in batches (``config.page_batch``):
-each batch is fetched, parsed, embedded and written before the next starts, so memory is bounded by
-the batch size and an interrupted run keeps every batch it committed.
+retried, cached or distributed on its own. Pages are processed in batches sized by time
+(:class:`BatchSizer`: about ``ops.batch_target_s`` of work each, at most ``config.page_batch`` pages;
+the first batch is one page): each batch is committed before its pages count as indexed, so memory
+is bounded by the batch and an interrupted run (SIGKILL, SIGTERM) keeps every batch it committed and
+loses about one batch of work. Two batches are in flight: while batch N waits for its OCR, embeds and
+commits, batch N+1 is already fetched, parsed and its images sent to the OCR worker processes
+(``images.ocr_workers``, default one per core), so OCR runs on the cores the embedding leaves.
+OCR results are saved per distinct image in ``ocr_results`` (about a second after each is read), so
+even an uncommitted batch's OCR is reused by the next run. Long stages report done/total, rate and
+ETA on stderr (:mod:`mmrag.progress`), bars on a terminal, a line every ``ops.progress_log_s``
+otherwise; the summary has per-stage seconds, items and rates, batches and the longest gap between
+commits (``commit_gap_max_s``, the measured loss bound).
 
 Within a batch, rows are written in dependency order (image bytes, chunks, images, then the
 ``documents`` rows), so a document is never marked indexed without its chunks.
@@ -19,8 +28,8 @@ in ``vector_multi``); images without bytes (failed fetch or decode, ``images.fet
 vector of their text surrogate in the same space (``"text_surrogate"``). Text-only embedders embed
 every image through its surrogate. Pixel vectors are reused by image content (sha256), surrogate
 vectors by surrogate hash. With ``images.ocr`` on, the text printed in each decoded image is read
-once per distinct image (reused from any stored row with the same sha256), stored in ``ocr_text``
-and appended to the surrogate. With ``images.caption_missing`` on, a vision LLM captions each decoded
+once per distinct image (reused from ``ocr_results`` under the same engine key, else from any stored
+image row with the same sha256), stored in ``ocr_text`` and appended to the surrogate. With ``images.caption_missing`` on, a vision LLM captions each decoded
 image that has no caption, once per distinct image, model and prompt (reused from the
 ``image_captions`` table); the caption is stored there with its provenance and in the row's
 ``generated_caption`` (the row's ``caption`` stays the page's own, empty), and added to the surrogate
@@ -32,6 +41,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
+import sys
+import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,9 +57,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from mmrag.flows.embedding import PIXELS, image_vectors, vectors_for
-from mmrag.flows.image_text import CaptionState, OcrState, caption_missing_images, read_image_text, start_captioning, start_ocr
+from mmrag.flows.image_text import (CaptionState, OcrState, caption_missing_images, collect_image_text, start_captioning,
+                                    start_ocr, submit_image_text)
 from mmrag.config import MmragConfig
-from mmrag.progress import Progress
+from mmrag.progress import Progress, quiet_libraries
 from mmrag.records import Chunk, FetchResult, ParsedDocument, sha256_hex
 from mmrag.pipelines import generate, guard, incremental, rows, store
 from mmrag.pipelines.chunk import chunk_document
@@ -208,13 +221,13 @@ def _index_run(sources: list[str], config: MmragConfig, run_id: str) -> dict:
     started = datetime.now(timezone.utc)
     summary = IndexSummary(run_id=run_id, sources=list(sources), db_uri=config.store.db_uri,
                            embedder=config.embed.name, chunking=config.chunking.key())
-    progress = Progress(enabled=config.progress)
+    progress = Progress(enabled=config.progress, log_every_s=config.ops.progress_log_s)
     index_store = store.IndexStore(config.store.db_uri)
     # Built on first use: a re-index in which no page changed parses and embeds nothing, and loads no model.
     embedder = LazyEmbedder(config.embed, load_timer=lambda: summary.timed("load_embedder"))
     chunk_table = store.chunks_table_name(embedder.name, config.chunking.key())
     image_table = store.images_table_name(embedder.name)
-    ocr = start_ocr(config, summary)
+    ocr = start_ocr(config, summary, index_store)
     captioning = start_captioning(config, summary)
 
     with Fetcher(config.fetch, RawStore(config.store.raw_dir)) as real_fetcher:
@@ -225,23 +238,46 @@ def _index_run(sources: list[str], config: MmragConfig, run_id: str) -> dict:
             for err in source_errors:
                 summary.add_failure("source", err.source, "source_error", err.message)
             summary.pages_total = len(targets)
-            n_batches = -(-len(targets) // config.page_batch)
-            logger.info("index run %s: %d pages from %d sources in %d batches of %d (task runner %s)",
-                        run_id, len(targets), len(sources), n_batches, config.page_batch, config.ops.task_runner)
+            logger.info("index run %s: %d pages from %d sources in batches of at most %d pages, about %.0f s each "
+                        "(task runner %s)", run_id, len(targets), len(sources), config.page_batch,
+                        config.ops.batch_target_s, config.ops.task_runner)
             pages_bar = progress.bar("pages", total=len(targets))
-            for number, start in enumerate(range(0, len(targets), config.page_batch), 1):
-                batch = targets[start : start + config.page_batch]
-                before = dict(summary.stage_seconds), summary.to_dict()
-                _index_batch(batch, fetcher, shared_embedder, index_store, chunk_table, image_table, config, summary,
-                             progress, run_id, ocr=ocr, captioning=captioning)
-                logger.info("batch %d/%d: %s", number, n_batches, _batch_report(before, summary))
-                pages_bar.advance(len(batch))
+            sizer = BatchSizer(config.page_batch, config.ops.batch_target_s)
+            # Two batches in flight: batch N+1 is fetched, parsed and its images sent to OCR (other processes)
+            # while batch N waits for its OCR, embeds and commits; the OCR workers never wait for the main thread.
+            prepared: _Prepared | None = None
+            start, last_commit = 0, time.monotonic()
+            while start < len(targets) or prepared is not None:
+                following = None
+                if start < len(targets):
+                    batch = targets[start : start + sizer.next_size()]
+                    start += len(batch)
+                    following = _prepare_batch(batch, fetcher, shared_embedder, index_store, chunk_table, image_table,
+                                               config, summary, progress, ocr)
+                if prepared is not None:
+                    before = dict(summary.stage_seconds), summary.to_dict()
+                    _finish_batch(prepared, shared_embedder, index_store, chunk_table, image_table, config, summary,
+                                  progress, run_id, ocr=ocr, captioning=captioning)
+                    now = time.monotonic()
+                    summary.batches += 1
+                    summary.commit_gap_max_s = round(max(summary.commit_gap_max_s, now - last_commit), 3)
+                    last_commit = now
+                    sizer.done(len(prepared.batch))
+                    logger.info("batch %d (%d pages): %s", summary.batches, len(prepared.batch),
+                                _batch_report(before, summary))
+                    pages_bar.advance(len(prepared.batch))
+                prepared = following
             pages_bar.close()
             _retire_dropped(sources, targets, source_errors, index_store, chunk_table, image_table, config, summary, run_id)
         finally:
+            ocr.close(cancel=True)  # on any exit (SIGTERM too): keep every OCR result that arrived
             for handle in handles:
                 handle.release()
     progress.stop()
+    summary.ocr_seconds = round(ocr.seconds, 3)
+    if ocr.busy_s:  # the OCR stage's rate: images read per second of the time the workers were busy
+        summary.stage_items["ocr"] = summary.ocr_images
+        summary.stage_rate["ocr"] = round(ocr.read / ocr.busy_s, 2)
 
     with summary.timed("fts_index"):  # hybrid search reads it; built here so queries never modify a table
         for name in (chunk_table, image_table):
@@ -288,7 +324,60 @@ def _batch_report(before: tuple[dict, dict], summary: IndexSummary) -> str:
     return f"{counts}; {times}"
 
 
-def _index_batch(
+@dataclass
+class _Prepared:
+    """A page batch fetched, parsed, its images fetched and sent to OCR: what :func:`_finish_batch` needs."""
+
+    batch: Sequence[PageTarget]
+    now: datetime
+    previous_docs: dict
+    stored_chunks: dict
+    stored_images: dict
+    unchanged: list
+    gone: list
+    pages: list[ParsedPage]
+    good: list[ParsedPage]
+    occurrences: list[rows.ImageOccurrence]
+
+
+class BatchSizer:
+    """Pages per batch so that one batch takes about ``target_s`` (between 1 and ``max_pages``): the first batch
+    is one page, then the size follows the wall time per page of the last batch committed (the first batch
+    also paid for loading the model and starting the OCR workers). Committing a batch every ``target_s``
+    bounds what a killed run loses."""
+
+    def __init__(self, max_pages: int, target_s: float):
+        self.max_pages, self.target_s = max_pages, target_s
+        self.started = self.last = time.monotonic()
+        self.pages_done = 0
+        self.per_page: float | None = None
+
+    def next_size(self) -> int:
+        """Pages in the next batch."""
+        if not self.pages_done:
+            return 1
+        per_page = self.per_page or max(time.monotonic() - self.started, 1e-6) / self.pages_done
+        return max(1, min(self.max_pages, round(self.target_s / max(per_page, 1e-6))))
+
+    def done(self, pages: int) -> None:
+        """``pages`` more pages committed."""
+        now = time.monotonic()
+        if self.pages_done:  # not the first batch: its time is representative
+            self.per_page = max(now - self.last, 1e-6) / max(pages, 1)
+        self.pages_done += pages
+        self.last = now
+
+
+def _apply_torch_threads(config: MmragConfig) -> None:
+    """``ops.torch_threads`` (default: one per core) once torch is loaded by the embedder."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        wanted = config.ops.torch_threads or os.cpu_count() or 1
+        if torch.get_num_threads() != wanted:
+            torch.set_num_threads(wanted)
+
+
+def _prepare_batch(
     batch: Sequence[PageTarget],
     fetcher: Fetcher,
     embedder: Embedder,
@@ -298,10 +387,9 @@ def _index_batch(
     config: MmragConfig,
     summary: IndexSummary,
     progress: Progress,
-    run_id: str,
     ocr: OcrState | None = None,
-    captioning: CaptionState | None = None,
-) -> None:
+) -> _Prepared:
+    """Fetch and parse one batch, fetch its images and start their OCR (which runs on while this returns)."""
     now = datetime.now(timezone.utc)
     with summary.timed("fetch"):
         # Threads: one task for the batch (a task run costs CPU here and in Prefect's server; the fetcher's
@@ -310,6 +398,7 @@ def _index_batch(
         groups = [list(batch[i : i + size]) for i in range(0, len(batch), size)]
         futures = [fetch_pages.submit(g, fetcher, config.fetch.concurrency, len(g) - 1) for g in groups]
         fetched = [r for f in futures for r in f.result()]
+    summary.count_stage("fetch", len(batch))
     urls = [t.url for t in batch]
     previous_docs = index_store.document_rows(urls)
     stored_chunks = index_store.ids_by_doc(chunk_table, urls, extra=["content_hash", "published"])
@@ -330,24 +419,54 @@ def _index_batch(
 
     if to_parse:
         load_now(embedder)  # a lazy embedder loads here, timed as its own stage, not inside the first parse task
+        _apply_torch_threads(config)
     with summary.timed("parse_chunk"):
         pages: list[ParsedPage] = [f.result() for f in [parse_page.submit(t, r, embedder, config) for t, r in to_parse]]
+    summary.count_stage("parse_chunk", len(to_parse))
     good = [p for p in pages if p.doc is not None]
     with summary.timed("images"):
         image_futures = [fetch_images.submit(p.doc, bool(p.target.local_path), fetcher, config) for p in good]
         occurrences = [occ for f in image_futures for occ in f.result()]
+    summary.count_stage("images", len(occurrences))
     if ocr is not None and ocr.enabled:
         with summary.timed("ocr"):
-            occurrences = read_image_text(occurrences, ocr, index_store, config, summary, progress)
+            submit_image_text(occurrences, ocr, index_store, summary, progress)
+    return _Prepared(batch, now, previous_docs, stored_chunks, stored_images, unchanged, gone, pages, good, occurrences)
+
+
+def _finish_batch(
+    prepared: _Prepared,
+    embedder: Embedder,
+    index_store: store.IndexStore,
+    chunk_table: str,
+    image_table: str,
+    config: MmragConfig,
+    summary: IndexSummary,
+    progress: Progress,
+    run_id: str,
+    ocr: OcrState | None = None,
+    captioning: CaptionState | None = None,
+) -> None:
+    """Wait for the batch's OCR, caption, embed and commit it (content first, documents last), then tally."""
+    now, previous_docs, stored_chunks, stored_images = (prepared.now, prepared.previous_docs, prepared.stored_chunks,
+                                                        prepared.stored_images)
+    unchanged, gone, pages, good, occurrences = (prepared.unchanged, prepared.gone, prepared.pages, prepared.good,
+                                                 prepared.occurrences)
+    good_urls = {p.target.url for p in good}
+    # Chunks first: their embedding needs no OCR text, so it runs while the OCR workers read this batch's images.
+    chunks = [c for p in good for c in p.chunks]
+    plan = incremental.plan_chunks(chunks, {u: rows_ for u, rows_ in stored_chunks.items() if u in good_urls})
+    with summary.timed("embed"):
+        chunk_vectors, chunks_reused = vectors_for(
+            [c.content_hash for c in plan.new], [c.search_text for c in plan.new], chunk_table, "content_hash",
+            embedder, index_store, config, progress, "embed chunks")
+    summary.count_stage("embed", len(plan.new) - chunks_reused)
+    if ocr is not None and ocr.enabled:
+        with summary.timed("ocr"):
+            occurrences = collect_image_text(occurrences, ocr, summary)
     if captioning is not None and captioning.enabled:
         with summary.timed("captions"):
             occurrences = caption_missing_images(occurrences, captioning, index_store, config, summary, progress)
-
-    good_urls = {p.target.url for p in good}
-
-    # Chunks: write ids not stored yet, reusing the vector of any stored chunk with the same text.
-    chunks = [c for p in good for c in p.chunks]
-    plan = incremental.plan_chunks(chunks, {u: rows_ for u, rows_ in stored_chunks.items() if u in good_urls})
 
     # Images: rewrite rows whose surrogate text (caption, OCR text), bytes or status changed; the vector is
     # reused when the bytes (pixel vectors) or the surrogate (surrogate vectors) are unchanged.
@@ -362,10 +481,8 @@ def _index_batch(
     stale_image_ids = set(stored_image_rows) - {o.id for o in occurrences}
 
     with summary.timed("embed"):
-        chunk_vectors, chunks_reused = vectors_for(
-            [c.content_hash for c in plan.new], [c.search_text for c in plan.new], chunk_table, "content_hash",
-            embedder, index_store, config, progress, "embed chunks")
         new_image_vectors = image_vectors(changed_images, embedder, index_store, image_table, config, summary, progress)
+    summary.count_stage("embed", len(changed_images) - new_image_vectors.reused)
 
     with summary.timed("write"):
         # Order matters for crash safety: content first, then the documents rows that vouch for it.
@@ -400,6 +517,7 @@ def _index_batch(
         leftovers = {t.url for t, _ in gone if stored_chunks.get(t.url) or stored_images.get(t.url)}
         retired = _retire([t.url for t, _ in gone], previous_docs, {t.url: r for t, r in gone}, index_store,
                           chunk_table, image_table, config, run_id, leftovers=leftovers)
+    summary.count_stage("write", len(plan.new) + len(changed_images) + len(doc_rows))
 
     # Tally.
     for page in pages:
@@ -520,6 +638,11 @@ def build_task_runner(config: MmragConfig):
 
 
 def run_index(sources: Sequence[str], config: MmragConfig) -> IndexSummary:
-    """Run the ``index`` flow with the task runner of ``config.ops`` (threads by default); returns the summary."""
+    """Run the ``index`` flow with the task runner of ``config.ops`` (threads by default); returns the summary.
+
+    Prefect's per-task INFO lines and libraries' chatter stay off the terminal unless ``ops.verbose``
+    (:func:`mmrag.progress.quiet_libraries`); Prefect still records every task run.
+    """
+    quiet_libraries(config.ops.verbose)
     result = index_flow.with_options(task_runner=build_task_runner(config))(sources=list(sources), config=config)
     return IndexSummary(**result)

@@ -585,6 +585,27 @@ class IndexStore:
             written[name] = path
         return written
 
+    # -- OCR results (ocr_results) --------------------------------------------------------
+
+    def ocr_results(self, sha256s: Iterable[str], engine: str) -> dict[str, dict[str, Any]]:
+        """``{sha256: {text, error, seconds}}`` of the ``ocr_results`` rows of ``engine`` (see
+        :func:`mmrag.pipelines.ocr.engine_key`) for ``sha256s``; empty when none is stored."""
+        ids = [ocr_result_id(sha, engine) for sha in dict.fromkeys(sha256s)]
+        if not ids or not self.has_table(OCR_RESULTS):
+            return {}
+        rows = self.read_where(OCR_RESULTS, ["image_sha256", "text", "error", "seconds"], "id", ids)
+        return {row["image_sha256"]: row for row in rows.to_pylist()}
+
+
+    def save_ocr_results(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Upsert ``ocr_results`` rows (``image_sha256``, ``engine``, ``text``, ``error``, ``seconds``, ``created_at``);
+        returns the number given."""
+        if not rows:
+            return 0
+        table = pa.Table.from_pylist([{**row, "id": ocr_result_id(row["image_sha256"], row["engine"])} for row in rows],
+                                     schema=ocr_results_schema())
+        return self.upsert(OCR_RESULTS, table, key="id")
+
     # -- eval history ---------------------------------------------------------------------
 
     def append_history(self, row: Mapping[str, Any], column_types: Mapping[str, pa.DataType] | None = None) -> None:
@@ -641,3 +662,29 @@ def eval_history_schema(row: Mapping[str, Any], column_types: Mapping[str, pa.Da
         return pa.field(name, pa.float64())
 
     return pa.schema([history_field(name) for name in row])
+
+
+# -- OCR results (one row per distinct image and OCR engine setting) ----------------------------
+
+#: ``ocr_results``: the text OCR read in one image (sha256) with one engine and its settings, saved as soon as
+#: it is read so that any later run (an interrupted one too) reuses it instead of reading the image again.
+OCR_RESULTS = "ocr_results"
+
+
+def ocr_results_schema() -> pa.Schema:
+    """``ocr_results``: ``id`` = ``<image sha256>:<engine key>``; ``text`` "" when the engine found none,
+    ``error`` set (text null) when the image could not be read."""
+    return pa.schema([
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("image_sha256", pa.string(), nullable=False),
+        pa.field("engine", pa.string(), nullable=False),
+        pa.field("text", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("seconds", pa.float64()),
+        pa.field("created_at", pa.timestamp("us", tz="UTC")),
+    ])
+
+
+def ocr_result_id(sha256: str, engine: str) -> str:
+    """The key of one ``ocr_results`` row."""
+    return f"{sha256}:{engine}"

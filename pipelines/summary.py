@@ -43,6 +43,7 @@ class IndexSummary:
     images_vectors_reused: int = 0
     images_pixel_vectors: int = 0
     ocr_backend: str = ""
+    ocr_engine: str = ""
     ocr_images: int = 0
     ocr_reused: int = 0
     ocr_seconds: float = 0.0
@@ -57,6 +58,10 @@ class IndexSummary:
     page_status: dict[str, int] = field(default_factory=dict)
     image_status: dict[str, int] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    stage_items: dict[str, int] = field(default_factory=dict)
+    stage_rate: dict[str, float] = field(default_factory=dict)
+    batches: int = 0
+    commit_gap_max_s: float = 0.0
     failures: list[dict[str, Any]] = field(default_factory=list)
     tables: dict[str, int] = field(default_factory=dict)
     embedder: str = ""
@@ -94,6 +99,18 @@ class IndexSummary:
             yield
         finally:
             self.stage_seconds[stage] = round(self.stage_seconds.get(stage, 0.0) + time.perf_counter() - start, 3)
+            self._update_rate(stage)
+
+    def count_stage(self, stage: str, items: int) -> None:
+        """Add ``items`` done by ``stage`` (pages fetched, images read, texts embedded, rows written, …); the
+        stage's rate (``stage_rate``, items/s of its wall time) follows."""
+        self.stage_items[stage] = self.stage_items.get(stage, 0) + items
+        self._update_rate(stage)
+
+    def _update_rate(self, stage: str) -> None:
+        seconds, items = self.stage_seconds.get(stage, 0.0), self.stage_items.get(stage)
+        if items is not None and seconds > 0:
+            self.stage_rate[stage] = round(items / seconds, 2)
 
     @property
     def ocr_seconds_per_image(self) -> float | None:
@@ -176,7 +193,10 @@ class IndexSummary:
             ("page status", _fmt_counts(self.page_status)),
             ("image status", _fmt_counts(self.image_status)),
             *([("maintenance", _fmt_maintenance(self.maintenance))] if self.maintenance else []),
-            ("time per stage", ", ".join(f"{k} {v:.2f}s" for k, v in self.stage_seconds.items()) + f"; total {self.elapsed_s:.1f}s"),
+            ("time per stage", ", ".join(f"{k} {v:.2f}s" + (f" ({self.stage_rate[k]:g}/s)" if k in self.stage_rate else "")
+                                         for k, v in self.stage_seconds.items()) + f"; total {self.elapsed_s:.1f}s"),
+            *([("batches", f"{self.batches} committed, longest gap between commits {self.commit_gap_max_s:.1f}s")]
+              if self.batches else []),
         ]
 
     def to_text(self, max_failures: int = 20) -> str:

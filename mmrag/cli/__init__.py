@@ -6,12 +6,22 @@ the config file, which overrides ``MMRAG_*`` environment variables and the defau
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import typer
+from mmrag.progress import QUIET_ENV, quiet_libraries
 
-from mmrag.cli.common import (
+# Before lancedb and transformers are imported below: their loggers read these once, at import.
+VERBOSE = "--verbose" in sys.argv[1:] or os.environ.get("MMRAG_OPS__VERBOSE", "").lower() in ("1", "true", "yes")
+if not VERBOSE:
+    for _key, _value in QUIET_ENV.items():
+        os.environ.setdefault(_key, _value)
+
+import typer  # noqa: E402 - after the quiet environment above
+
+from mmrag.cli.common import (  # noqa: E402
     ConfigOption,
     DbOption,
     JsonOption,
@@ -24,10 +34,10 @@ from mmrag.cli.common import (
     open_existing_store,
     prepare_prefect_environment,
 )
-from mmrag.cli.run_progress import IndexProgress
-from mmrag.cli.signals import stop_on_signals
-from mmrag.pipelines.embed import EmbedderUnavailable, embedder_specs
-from mmrag.pipelines.guard import DatabaseLocked, StoreWriteError
+from mmrag.cli.run_progress import IndexProgress  # noqa: E402
+from mmrag.cli.signals import stop_on_signals  # noqa: E402
+from mmrag.pipelines.embed import EmbedderUnavailable, embedder_specs  # noqa: E402
+from mmrag.pipelines.guard import DatabaseLocked, StoreWriteError  # noqa: E402
 
 app = typer.Typer(
     name="mmrag",
@@ -42,10 +52,16 @@ app = typer.Typer(
 def _every_command(
     ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="full tracebacks and Prefect's error logs (also MMRAG_DEBUG=1)")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="let Prefect's per-task lines and libraries' progress bars and "
+                                          "warnings through (ops.verbose)")] = False,
 ) -> None:
-    """Every command stops within seconds on SIGINT/SIGTERM, exit 130/143 (:mod:`mmrag.cli.signals`)."""
+    """Every command stops within seconds on SIGINT/SIGTERM, exit 130/143 (:mod:`mmrag.cli.signals`); the terminal
+    shows mmrag's progress and summary, not every library's chatter, unless --verbose."""
     if debug:
         DEBUG["on"] = True
+    if verbose:
+        os.environ["MMRAG_OPS__VERBOSE"] = "true"
+    quiet_libraries(verbose or VERBOSE)
     ctx.with_resource(stop_on_signals())
 
 

@@ -22,13 +22,13 @@ from typer.testing import CliRunner
 
 from mmrag.flows.index import run_index
 from mmrag.cli import app
-from mmrag.config import load_config
+from mmrag.config import MmragConfig, load_config
 from mmrag.pipelines import guard, store
 from tests.helpers import REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
-CHUNKS = store.chunks_table_name("minilm", "paragraph")
+CHUNKS = store.chunks_table_name("minilm", MmragConfig().chunking.key())
 IMAGES = store.images_table_name("minilm")
 PARAGRAPHS_PER_PAGE = 4
 WORDS = ("retrieval vector index passage query embedding figure caption chunk rerank recall precision latency "

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mmrag.config import MmragConfig
 from mmrag.pipelines import store
 from tests.helpers import REPO_ROOT, SAMPLE_DIR
 
@@ -144,7 +145,7 @@ def test_serve_creates_scheduled_deployment_and_completes_a_triggered_run(prefec
     docs = s.open_table(store.DOCUMENTS).to_arrow().to_pylist()
     articles = [p for p in SAMPLE_DIR.glob("*.html") if p.name != "index.html"]
     assert len(docs) == len(articles) and {d["status"] for d in docs} == {"ok"}
-    assert s.open_table(store.chunks_table_name("minilm", "paragraph")).count_rows() > 50
+    assert s.open_table(store.chunks_table_name("minilm", MmragConfig().chunking.key())).count_rows() > 50
     assert s.last_run()["summary"]["pages_ok"] == len(articles)
 
 

@@ -12,13 +12,13 @@ from PIL import Image
 
 import mmrag.flows.index as index_module
 from mmrag.flows.index import run_index
-from mmrag.config import load_config
+from mmrag.config import MmragConfig, load_config
 from mmrag.pipelines import maintenance, store
 from tests.helpers import serve_routes
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
-CHUNKS = store.chunks_table_name("minilm", "paragraph")
+CHUNKS = store.chunks_table_name("minilm", MmragConfig().chunking.key())
 IMAGES = store.images_table_name("minilm")
 HTML = {"Content-Type": "text/html; charset=utf-8"}
 PNG = {"Content-Type": "image/png"}

@@ -16,7 +16,7 @@ from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
 from PIL import Image
 
 from mmrag.flows.index import run_index
-from mmrag.config import load_config
+from mmrag.config import MmragConfig, load_config
 from mmrag.pipelines import store
 from tests.helpers import SAMPLE_DIR, serve_directory, serve_routes, shared_corpus
 
@@ -27,7 +27,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore", category=XMLParsedAsHTMLWarning),
 ]
 
-CHUNKS = store.chunks_table_name("minilm", "paragraph")
+CHUNKS = store.chunks_table_name("minilm", MmragConfig().chunking.key())
 IMAGES = store.images_table_name("minilm")
 
 

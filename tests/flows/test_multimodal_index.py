@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from mmrag.flows.index import run_index
-from mmrag.config import EmbedConfig, load_config
+from mmrag.config import EmbedConfig, MmragConfig, load_config
 from mmrag.pipelines import store
 from mmrag.pipelines.blip2_embedder import mean_pooled
 from mmrag.pipelines.clip_embedder import ClipEmbedder
@@ -60,14 +60,14 @@ def content_versions(cfg, names) -> dict[str, int]:
 def test_clip_embeds_sample_images_from_pixels_beside_minilm(tmp_path, clip_dir):
     minilm_cfg = make_config(tmp_path)
     run_index([str(SAMPLE_DIR)], minilm_cfg)
-    minilm_tables = [store.chunks_table_name("minilm", "paragraph"), store.images_table_name("minilm")]
+    minilm_tables = [store.chunks_table_name("minilm", MmragConfig().chunking.key()), store.images_table_name("minilm")]
     minilm_before = content_versions(minilm_cfg, minilm_tables)
     minilm_images_before = table_rows(minilm_cfg, minilm_tables[1])
 
     cfg = with_embedder(minilm_cfg, "clip", clip_dir)
     first = run_index([str(SAMPLE_DIR)], cfg)
     images = table_rows(cfg, store.images_table_name("clip"))
-    assert store.IndexStore(cfg.store.db_uri).has_table(store.chunks_table_name("clip", "paragraph"))
+    assert store.IndexStore(cfg.store.db_uri).has_table(store.chunks_table_name("clip", MmragConfig().chunking.key()))
     ok = [r for r in images if r["status"] == "ok"]
     failed = [r for r in images if r["status"] != "ok"]
     assert len(ok) >= 10 and failed, "the sample corpus has a missing figure"

@@ -21,13 +21,13 @@ import pytest
 from PIL import Image
 
 from mmrag.flows.index import run_index
-from mmrag.config import load_config
+from mmrag.config import MmragConfig, load_config
 from mmrag.pipelines import store
 from mmrag.pipelines.fetch import Fetcher
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
-CHUNKS = store.chunks_table_name("minilm", "paragraph")
+CHUNKS = store.chunks_table_name("minilm", MmragConfig().chunking.key())
 IMAGES = store.images_table_name("minilm")
 TOPICS = ["dense retrieval", "sparse retrieval", "reranking", "chunking", "image captions", "vector indexes"]
 

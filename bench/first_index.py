@@ -1,0 +1,206 @@
+"""The first index of a real blog: wall time against the bare model work it needs, OCR's cost, OCR's words.
+
+Serves ``../shared/corpora/colah`` on 127.0.0.1 and indexes its 14 posts from an empty database with the
+defaults (OCR on), then again into another empty database with OCR off. In the same process it then
+measures the bare model work the first run needed: MiniLM encoding of the same chunk and image-surrogate
+texts (one ``SentenceTransformer.encode`` call, batch 64) plus OCR of the same distinct images with the same
+engine settings, one after the other in this process (the engine on every core). Prints:
+
+* total wall time, per-stage seconds and rates of the OCR-on run;
+* pipeline / bare (target ≤ 1.3) and OCR-on / OCR-off wall time (target ≤ 1.5);
+* the OCR words-found ratio: words of the stored OCR text found in full-size OCR of the same images with
+  the engine settings used before issue #15 (rapidocr's own detection size, up to 2000 px; direction
+  classifier on; recognition padded to 320 px), as a
+  multiset of lower-cased alphanumeric words of 2+ characters, summed over images (target ≥ 0.95);
+  the reference texts are cached in ``--workdir`` (``ocr-reference.json``).
+
+    .venv/bin/python -m bench.first_index                    # all of it (about 10 min on 2 idle cores)
+    .venv/bin/python -m bench.first_index --write-results    # and replace the first_index section of RESULTS.md
+
+The machine may be shared: the load average before and after is printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+from bench._run import isolate_prefect
+from bench.machine import machine_info
+from bench.results import RESULTS, replace_section
+from bench.retrieval_quality import CORPUS, serve
+
+SECTION = "first_index"
+#: OCR settings before issue #15 ("today's full-size OCR" of the words-found reference).
+REFERENCE_OCR = {"ocr_max_side": 0, "ocr_angle_cls": True, "ocr_rec_width": 320}
+
+
+def load_average() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+def words(text: str) -> Counter:
+    """Lower-cased alphanumeric words of 2+ characters, with their counts."""
+    return Counter(w for w in re.findall(r"[a-z0-9]+", (text or "").lower()) if len(w) >= 2)
+
+
+def words_found(reference: dict[str, str], found: dict[str, str]) -> tuple[int, int]:
+    """(reference words also found, reference words), summed over the images of ``reference``."""
+    hit = total = 0
+    for sha, text in reference.items():
+        ref = words(text)
+        total += sum(ref.values())
+        hit += sum((ref & words(found.get(sha, ""))).values())
+    return hit, total
+
+
+def index_once(sources: list[str], db: Path, ocr: bool) -> tuple[float, object]:
+    from mmrag.config import load_config  # deferred: after isolate_prefect() has set Prefect's environment
+    from mmrag.flows.index import run_index
+
+    cfg = load_config(None, {"store.db_uri": str(db), "store.raw_dir": str(db.parent / f"{db.name}-raw"),
+                             "progress": False, "images.ocr": ocr, "fetch.respect_robots": False})
+    started = time.perf_counter()
+    summary = run_index(sources, cfg)
+    return time.perf_counter() - started, summary
+
+
+def stored_work(db: Path) -> tuple[list[str], dict[str, bytes], dict[str, str]]:
+    """What the OCR-on run embedded and read: chunk texts + surrogate texts, distinct image bytes, stored OCR text."""
+    from mmrag.pipelines import store  # deferred: after isolate_prefect()
+
+    s = store.IndexStore(str(db))
+    chunk_table = next(n for n in s.table_names() if n.startswith("chunks__"))
+    image_table = store.images_table_name("minilm")
+    texts = s.read_table(chunk_table, ["text"]).column("text").to_pylist()
+    images = s.read_table(image_table, ["surrogate_text", "image_sha256", "status"]).to_pylist()
+    texts += [r["surrogate_text"] for r in images]
+    shas = {r["image_sha256"] for r in images if r["status"] == "ok" and r["image_sha256"]}
+    blobs = {r["sha256"]: r["data"] for r in s.read_where(store.IMAGE_BLOBS, ["sha256", "data"], "sha256", shas).to_pylist()}
+    ocr = {r["image_sha256"]: r["text"] or "" for r in s.read_table(store.OCR_RESULTS, ["image_sha256", "text"]).to_pylist()}
+    return texts, blobs, ocr
+
+
+def bare_embed_seconds(texts: list[str]) -> float:
+    from mmrag.config import EmbedConfig  # deferred: after isolate_prefect(); loads torch
+    from mmrag.pipelines.embed import create_embedder
+
+    model = create_embedder(EmbedConfig())._model
+    model.encode(texts[:64], batch_size=64)  # warm-up
+    started = time.perf_counter()
+    model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    return time.perf_counter() - started
+
+
+def bare_ocr_seconds(blobs: dict[str, bytes], **settings) -> tuple[float, dict[str, str]]:
+    from mmrag.config import ImageConfig  # deferred: after isolate_prefect()
+    from mmrag.pipelines.ocr import ocr_image, resolve_backend
+
+    backend = resolve_backend("auto")
+    cfg = ImageConfig(**settings)
+    texts = {}
+    started = time.perf_counter()
+    for sha, data in blobs.items():
+        try:
+            texts[sha] = ocr_image(data, backend=backend, image_cfg=cfg)
+        except (ValueError, RuntimeError):
+            texts[sha] = ""
+    return time.perf_counter() - started, texts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=0, help="loopback port the corpus is served on (default: any free one)")
+    parser.add_argument("--workdir", type=Path, default=None, help="databases and the cached OCR reference go here")
+    parser.add_argument("--write-results", action="store_true", help=f"replace the '{SECTION}' section of {RESULTS}")
+    args = parser.parse_args(argv)
+    if not (CORPUS / "posts").is_dir():
+        print(f"skipped: the colah corpus is not at {CORPUS}")
+        return 2
+    work = isolate_prefect()
+    workdir = args.workdir or work
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in ("db-ocr", "db-no-ocr", "db-ocr-raw", "db-no-ocr-raw"):  # always from an empty database
+        if (workdir / name).exists():
+            shutil.rmtree(workdir / name)
+    info, load_before = machine_info(), load_average()
+    print(f"{info}\nload average at start: {load_before}", flush=True)
+    server, base_url = serve(CORPUS, args.port)
+    try:
+        sources = [f"{base_url}/posts/{p.name}/" for p in sorted((CORPUS / "posts").iterdir()) if p.is_dir()]
+        wall_on, on = index_once(sources, workdir / "db-ocr", ocr=True)
+        print(f"OCR on: {wall_on:.1f}s  {on.stage_seconds}", flush=True)
+        wall_off, off = index_once(sources, workdir / "db-no-ocr", ocr=False)
+        print(f"OCR off: {wall_off:.1f}s  {off.stage_seconds}", flush=True)
+    finally:
+        server.shutdown()
+    load_mid = load_average()
+
+    texts, blobs, stored_ocr = stored_work(workdir / "db-ocr")
+    embed_s = bare_embed_seconds(texts)
+    ocr_s, _ = bare_ocr_seconds(blobs)
+    print(f"bare: MiniLM {len(texts)} texts {embed_s:.1f}s, OCR {len(blobs)} images {ocr_s:.1f}s", flush=True)
+
+    reference_file = workdir / "ocr-reference.json"
+    reference = json.loads(reference_file.read_text()) if reference_file.exists() else {}
+    missing = {sha: data for sha, data in blobs.items() if sha not in reference}
+    ref_s = None
+    if missing:
+        ref_s, fresh = bare_ocr_seconds(missing, **REFERENCE_OCR)
+        reference.update(fresh)
+        reference_file.write_text(json.dumps(reference))
+    reference = {sha: reference[sha] for sha in blobs}
+    hit, total = words_found(reference, stored_ocr)
+    load_after = load_average()
+
+    bare = embed_s + ocr_s
+    ratio_bare = wall_on / bare
+    ratio_ocr = wall_on / wall_off
+    ratio_words = hit / total if total else 1.0
+    per_image_ref = f"{ref_s / len(missing):.2f}" if ref_s else "cached"
+    stages = ", ".join(f"{k} {v:.1f}s" + (f" ({on.stage_rate[k]:g}/s)" if k in on.stage_rate else "")
+                       for k, v in on.stage_seconds.items())
+    text = "\n".join([
+        f"## {SECTION}",
+        "",
+        f"Command: `.venv/bin/python -m bench.first_index{' --write-results' if args.write_results else ''}` "
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
+        "",
+        f"{info}. Load average at start {load_before}, after the index runs {load_mid}, at end {load_after} "
+        "(the machine is shared with other agents' jobs: figures are read against that load).",
+        "",
+        f"Corpus: the 14 colah posts served on 127.0.0.1; {on.pages_ok} pages, {on.chunks_total} chunks, "
+        f"{on.images_total} image rows, {len(blobs)} distinct decoded images; defaults (OCR engine "
+        f"`{on.ocr_engine}`, {on.ocr_images} images read in {on.ocr_seconds:.1f} s of worker time, "
+        f"{on.ocr_seconds_per_image or 0:.2f} s/image; {on.batches} batches, longest gap between commits "
+        f"{on.commit_gap_max_s:.1f} s).",
+        "",
+        "| figure | value | target |",
+        "|---|---:|---:|",
+        f"| first index, OCR on (wall) | {wall_on:.1f} s | |",
+        f"| first index, OCR off (wall) | {wall_off:.1f} s | |",
+        f"| bare model work: MiniLM on {len(texts)} texts + OCR of {len(blobs)} images | {embed_s:.1f} s + {ocr_s:.1f} s "
+        f"= {bare:.1f} s | |",
+        f"| pipeline / bare | {ratio_bare:.2f} | ≤ 1.3 {'met' if ratio_bare <= 1.3 else 'NOT met'} |",
+        f"| OCR on / OCR off | {ratio_ocr:.2f} | ≤ 1.5 {'met' if ratio_ocr <= 1.5 else 'NOT met'} |",
+        f"| OCR words found vs full-size OCR ({total} reference words; reference {per_image_ref} s/image) | "
+        f"{ratio_words:.3f} | ≥ 0.95 {'met' if ratio_words >= 0.95 else 'NOT met'} |",
+        "",
+        f"Stages of the OCR-on run (seconds, rate in items/s): {stages}. OCR-off run: "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in off.stage_seconds.items()) + ".",
+        "",
+    ])
+    print(text)
+    if args.write_results:
+        replace_section(text, f"## {SECTION}")  # re-reads RESULTS.md just before writing
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
