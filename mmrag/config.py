@@ -83,8 +83,7 @@ class ChunkingConfig(_Section):
     merge_min_tokens: int = Field(
         48, ge=0, le=2048,
         description="paragraph strategy: a paragraph shorter than this many tokens is merged with the next ones of its "
-        "section until the chunk reaches it (within the embedder's input limit); 0: one chunk per paragraph (the design). "
-        "48 won on the colah dev set (bench/RESULTS.md retrieval_quality)",
+        "section until the chunk reaches it (within the embedder's input limit); 0: one chunk per paragraph (the design)",
     )
     oversize: Literal["split", "truncate"] = Field(
         "split",
@@ -274,9 +273,7 @@ class SearchConfig(_Section):
     refine_factor: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
         "auto", description="indexed tables: re-rank refine_factor × limit index candidates with exact vectors "
         "(at most 100k per query); quantised distances alone miss near-duplicates. 'auto' reads the index the "
-        "searched column has: 80 for IVF_PQ, 5 for IVF_SQ and IVF_HNSW_SQ (1M rows, three k-means draws: IVF_SQ "
-        "recall@10 0.92 without refine, 1.0 with 2 or more; IVF_PQ 0.57-0.68 with 5, 0.97-1.0 with 80; "
-        "bench/RESULTS.md query_latency); None: no re-ranking",
+        "searched column has: 80 for IVF_PQ, 5 for IVF_SQ and IVF_HNSW_SQ (README: Large tables); None: no re-ranking",
     )
     ef: int | None = Field(None, ge=1, description="HNSW search breadth (IVF_HNSW_* indexes); default: LanceDB's")
     reranker: Literal["none", "hybrid", "llm", "cross-encoder", "model-score"] = Field(
@@ -397,10 +394,8 @@ class OpsConfig(_Section):
         50_000, ge=256, description="a vector index is built once a table holds this many rows (flat search below)"
     )
     vector_index_type: Literal["IVF_SQ", "IVF_PQ", "IVF_HNSW_SQ"] = Field(
-        "IVF_SQ", description="at 1M rows, three k-means draws: IVF_SQ (8 bits a dimension) with the search defaults "
-        "(nprobes 16, refine 5) gave recall@10 1.0 at p50 16-18 ms, build 72-82 s; IVF_PQ with refine 80 (what "
-        "search.refine_factor auto picks for it) 0.97-1.0 at 24-32 ms, build 122-138 s; IVF_HNSW_SQ needs ef 300 "
-        "+ refine 5 for 1.0 at 20-23 ms, build 338 s; see bench/RESULTS.md query_latency"
+        "IVF_SQ", description="the vector index maintenance builds: IVF_SQ (8 bits a dimension), IVF_PQ or IVF_HNSW_SQ; "
+        "their recall and latency at 1M rows are in the README (Large tables) and bench/RESULTS.md query_latency"
     )
     gc_image_blobs: bool = Field(True, description="maintenance deletes image bytes no image row references")
     # task runners and scale-out

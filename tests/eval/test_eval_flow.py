@@ -13,10 +13,12 @@ from mmrag.eval.results import read_history, write_run
 from mmrag.eval.run import run_evaluation
 from mmrag.flows.index import run_index
 from mmrag.cli import app
-from mmrag.config import load_config
+from mmrag.config import MmragConfig, load_config
 from mmrag.pipelines.retrieve import Searcher
 from mmrag.pipelines.store import IndexStore
 from tests.helpers import REPO_ROOT, SAMPLE_DIR
+
+KEY = MmragConfig().chunking.key()  # the default chunk table's key
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 runner = CliRunner()
@@ -85,8 +87,8 @@ def test_eval_run_through_the_flow_matches_the_committed_baseline(sample_db, tmp
     manifest = json.loads((run_dir / "run.json").read_text())
     tag = f"eval-{summary['run_id']}"
     assert manifest["version_tag"] == tag
-    table = IndexStore(str(sample_db)).open_table("chunks__minilm__paragraph")
-    assert table.tags.list()[tag]["version"] == manifest["table_versions"]["chunks__minilm__paragraph"]
+    table = IndexStore(str(sample_db)).open_table(f"chunks__minilm__{KEY}")
+    assert table.tags.list()[tag]["version"] == manifest["table_versions"][f"chunks__minilm__{KEY}"]
     assert summary["run_id"] in list(read_history(str(sample_db))["run_id"])
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey

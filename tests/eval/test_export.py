@@ -16,12 +16,15 @@ from ir_measures import RR, P, R, Success, nDCG
 from typer.testing import CliRunner
 
 from mmrag.cli import app
+from mmrag.config import MmragConfig
 from mmrag.eval.beir import load_beir
 from mmrag.eval.export import ExportError, beir_corpus, trec_qrels_lines, trec_run_lines
 from mmrag.eval.results import write_run
 from mmrag.pipelines.store import IndexStore
 from tests.eval.fakes import fake_result
 from tests.eval.sample_runs import SAMPLE_SET, sample_runs
+
+KEY = MmragConfig().chunking.key()  # the default chunk table's key
 
 runner = CliRunner()
 MEASURES = {"recall": R, "precision": P, "ndcg": nDCG, "hit_rate": Success}
@@ -135,14 +138,14 @@ def test_beir_export_from_the_eval_set_and_from_the_run_agree(runs, tmp_path):
                                  "--out", str(by_queries), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["table"] == "chunks__minilm__paragraph" and summary["unmatched_labels"] == 0
+    assert summary["table"] == f"chunks__minilm__{KEY}" and summary["unmatched_labels"] == 0
     result = runner.invoke(app, ["eval", "export", "--format", "beir", "--run", str(runs.k10), "--out", str(by_run)])
     assert result.exit_code == 0, result.output
     assert "48 queries" in result.output
 
     assert (by_queries / "qrels" / "test.tsv").read_text().splitlines()[0] == "query-id\tcorpus-id\tscore"
     dataset = load_beir(by_queries)  # our own strict reader accepts what we wrote
-    n_chunks = IndexStore(str(runs.db)).open_table("chunks__minilm__paragraph").count_rows()
+    n_chunks = IndexStore(str(runs.db)).open_table(f"chunks__minilm__{KEY}").count_rows()
     assert len(dataset.corpus) == summary["documents"] == n_chunks
     assert all(d["text"] and d["title"] for d in dataset.corpus)
     assert len(dataset.queries) == summary["queries"] == 48  # the text-labelled queries of sample.jsonl

@@ -57,7 +57,7 @@ def test_expansion_groups_by_embedder_and_chunking_and_maps_overrides():
     assert point_overrides({"k": 4, "temperature": 0.5}, mode="softmax") == {
         "search.text_k": 4, "search.image_k": 4, "search.text_temperature": 0.5, "search.image_temperature": 0.5}
     cfg = point_config(MmragConfig(), {"chunking": "window", "chunk_size": 512, "mode": "cosine", "threshold": 0.2})
-    assert cfg.chunking.key() == "window-512-25" and cfg.search.cosine_threshold == 0.2
+    assert cfg.chunking.key() == "window-512-25-ctx" and cfg.search.cosine_threshold == 0.2
     assert point_config(MmragConfig(), {"image_scoring": "max_query"}).search.image_scoring == "max_query"
     with pytest.raises(ValueError, match="image_scoring"):
         point_config(MmragConfig(), {"image_scoring": "best"})

@@ -37,7 +37,7 @@ WORDS = ("retrieval vector index passage query embedding figure caption chunk re
 
 def paragraph(page: int, n: int) -> str:
     rng = np.random.default_rng(page * 1000 + n)
-    words = " ".join(rng.choice(WORDS, size=28))
+    words = " ".join(rng.choice(WORDS, size=56))  # over chunking.merge_min_tokens: one chunk per paragraph
     return f"Page {page} paragraph {n}: {words}."
 
 

@@ -12,13 +12,15 @@ from PIL import Image
 
 import mmrag.flows.index as index_module
 from mmrag.flows.index import run_index
-from mmrag.config import MmragConfig, load_config
+from mmrag.config import load_config
 from mmrag.pipelines import maintenance, store
 from tests.helpers import serve_routes
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
-CHUNKS = store.chunks_table_name("minilm", MmragConfig().chunking.key())
+# the design's chunks (one per paragraph, no context): the counts and vector reuse below follow the pages' paragraphs
+UNMERGED = {"chunking.merge_min_tokens": 0, "chunking.context": "none"}
+CHUNKS = store.chunks_table_name("minilm", load_config(None, UNMERGED).chunking.key())
 IMAGES = store.images_table_name("minilm")
 HTML = {"Content-Type": "text/html; charset=utf-8"}
 PNG = {"Content-Type": "image/png"}
@@ -50,7 +52,7 @@ def sitemap(base: str, paths: list[str]) -> bytes:
 
 def make_config(tmp_path, **overrides):
     values = {"store.db_uri": str(tmp_path / "db"), "store.raw_dir": str(tmp_path / "raw"), "progress": False,
-              "fetch.respect_robots": False, "fetch.backoff_base_s": 0.01, "fetch.max_retries": 0}
+              "fetch.respect_robots": False, "fetch.backoff_base_s": 0.01, "fetch.max_retries": 0, **UNMERGED}
     values.update(overrides)
     return load_config(None, values)
 

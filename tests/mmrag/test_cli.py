@@ -77,9 +77,9 @@ def test_index_status_export_round_trip(tmp_path):
 
     out = tmp_path / "export"
     result = runner.invoke(app, ["export", "--db", str(db), "--out", str(out), "--format", "parquet",
-                                 "--version", f"index-{summary['run_id']}", "--table", "chunks__minilm__paragraph"])
+                                 "--version", f"index-{summary['run_id']}", "--table", f"chunks__minilm__{MmragConfig().chunking.key()}"])
     assert result.exit_code == 0, result.output
-    frame = pd.read_parquet(out / "chunks__minilm__paragraph.parquet")
+    frame = pd.read_parquet(out / f"chunks__minilm__{MmragConfig().chunking.key()}.parquet")
     assert frame.loc[0, "section_path"].tolist() == ["Tiny", "Part"]
 
     nothing = runner.invoke(app, ["index", str(tmp_path / "absent"), "--db", str(db), "--json"], env=env)
