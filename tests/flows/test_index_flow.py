@@ -147,10 +147,10 @@ def test_medium_seed_matches_the_original_design(tmp_path):
     seed = shared_corpus("medium-seed", "seed-index")
     expected_chunks = json.loads((seed / "text_content.json").read_text(encoding="utf-8"))
     expected_images = json.loads((seed / "image_content.json").read_text(encoding="utf-8"))
-    cfg = make_config(tmp_path, **{"chunking.strategy": "paragraph"})
+    cfg = make_config(tmp_path, **{"search.preset": "seed"})  # the design: plain paragraphs, no context
     summary = run_index([str(articles)], cfg)
     assert summary.pages_ok == 2
-    texts = {squash(r["text"]) for r in rows_of(cfg, CHUNKS)}
+    texts = {squash(r["text"]) for r in rows_of(cfg, store.chunks_table_name("minilm", cfg.chunking.key()))}
     found = sum(squash(c["text"]) in texts for c in expected_chunks)
     assert found / len(expected_chunks) >= 0.95, f"only {found}/{len(expected_chunks)} of the design's chunks found"
     image_rows = rows_of(cfg, IMAGES)
