@@ -71,6 +71,7 @@ class Script:
         self.judge = judge
         self.first: str | None = None
         self.no_for: set[str] = set()
+        self.text_calls = 0
 
     def __call__(self, model, messages) -> str:
         text = messages[-1]["content"] if isinstance(messages[-1]["content"], str) else " ".join(
@@ -87,6 +88,9 @@ class Script:
             span = re.search(r'Key sentence: "(.*)"', text).group(1)
             passage = text.split("Passage:\n", 1)[1].split("\n\nKey sentence", 1)[0]
             h = int(hashlib.sha256(span.encode()).hexdigest(), 16) % 7
+            self.text_calls += 1
+            if self.text_calls == 2 and self.first:  # at least one repeat, whichever sentences were sampled
+                return f"Question: {self.first}\nAnswer: again"
             if h == 0:
                 return f"Question: {span.rstrip('.!?')}?\nAnswer: {span}"
             if h == 1:

@@ -21,13 +21,15 @@ import pytest
 from PIL import Image
 
 from mmrag.flows.index import run_index
-from mmrag.config import MmragConfig, load_config
+from mmrag.config import load_config
 from mmrag.pipelines import store
 from mmrag.pipelines.fetch import Fetcher
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
-CHUNKS = store.chunks_table_name("minilm", MmragConfig().chunking.key())
+# one chunk per paragraph (no merging): the counts below follow the pages' paragraphs
+UNMERGED = {"chunking.merge_min_tokens": 0}
+CHUNKS = store.chunks_table_name("minilm", load_config(None, UNMERGED).chunking.key())
 IMAGES = store.images_table_name("minilm")
 TOPICS = ["dense retrieval", "sparse retrieval", "reranking", "chunking", "image captions", "vector indexes"]
 
@@ -47,7 +49,7 @@ def make_corpus(folder: Path) -> Path:
 
 
 def make_config(tmp_path: Path, name: str, **overrides):
-    values = {"store.db_uri": str(tmp_path / name), "store.raw_dir": str(tmp_path / "raw"), "progress": False,
+    values = {"store.db_uri": str(tmp_path / name), "store.raw_dir": str(tmp_path / "raw"), "progress": False, **UNMERGED,
               "ops.embed_task_rows": 4}
     values.update(overrides)
     return load_config(None, values)

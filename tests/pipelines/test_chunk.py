@@ -31,8 +31,12 @@ def make_doc(*blocks: tuple[str, tuple[str, ...]] | tuple[str, tuple[str, ...], 
                           blocks=tuple(made), images=())
 
 
+#: the design's chunking (no merging, no context) unless a test asks for them
+DESIGN = {"merge_min_tokens": 0, "context": "none"}
+
+
 def chunk(doc, embedder_max: int = 10_000, count=count_words, **cfg):
-    return chunk_document(doc, ChunkingConfig(**cfg), count_tokens=count, max_tokens=embedder_max)
+    return chunk_document(doc, ChunkingConfig(**{**DESIGN, **cfg}), count_tokens=count, max_tokens=embedder_max)
 
 
 def assert_exact_offsets(doc, chunks):
@@ -81,7 +85,7 @@ def test_every_strategy_gives_exact_offsets_positions_and_metadata(strategy):
     assert_exact_offsets(DOC, chunks)
     for c in chunks:
         assert c.doc_url == URL and c.article_title == "Doc"
-        assert c.strategy == ChunkingConfig(strategy=strategy, window_chars=64).key()
+        assert c.strategy == ChunkingConfig(**DESIGN, strategy=strategy, window_chars=64).key()
         assert c.token_count == count_words(c.text)
         assert not c.truncated
 
@@ -231,10 +235,10 @@ def test_oversize_truncate_keeps_the_chunk_and_flags_it():
 
 def test_tokens_budget_over_embedder_max_obeys_oversize_rule():
     doc = make_doc((LONG_PARAGRAPH, ("S",)))
-    cfg = ChunkingConfig(strategy="tokens", max_tokens=64, oversize="truncate")
+    cfg = ChunkingConfig(**DESIGN, strategy="tokens", max_tokens=64, oversize="truncate")
     chunks = chunk_document(doc, cfg, count_tokens=count_words, max_tokens=20)
     assert all(c.truncated == (c.token_count > 20) for c in chunks) and any(c.truncated for c in chunks)
-    cfg = ChunkingConfig(strategy="tokens", max_tokens=64, oversize="split")
+    cfg = ChunkingConfig(**DESIGN, strategy="tokens", max_tokens=64, oversize="split")
     assert all(c.token_count <= 20 for c in chunk_document(doc, cfg, count_tokens=count_words, max_tokens=20))
 
 

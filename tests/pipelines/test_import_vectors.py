@@ -77,7 +77,7 @@ def test_every_seed_text_vector_as_query_returns_the_designs_items_order_and_sco
     text_content = json.loads((seed / "text_content.json").read_text(encoding="utf-8"))
     image_content = json.loads((seed / "image_content.json").read_text(encoding="utf-8"))
     searcher = Searcher(
-        MmragConfig(store={"db_uri": store.db_uri}, embed={"name": "clip"}, search={"table_embedder": LABEL}),
+        MmragConfig(store={"db_uri": store.db_uri}, embed={"name": "clip"}, search={"preset": "seed", "table_embedder": LABEL}),
         store=store,
     )
     settings = {

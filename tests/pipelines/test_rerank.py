@@ -96,7 +96,7 @@ def word_table(tmp_path):
 
 def searcher_for(store: IndexStore, llm: dict | None = None, **search) -> Searcher:
     cfg = MmragConfig(store={"db_uri": store.db_uri}, search={"table_embedder": "synth", "mode": "cosine", **search},
-                      llm=llm or {})
+                      chunking={"context": "none", "merge_min_tokens": 0}, llm=llm or {})  # the imported "paragraph" table
     return Searcher(cfg, store=store)
 
 
