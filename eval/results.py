@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 from mmrag.eval.evalset import dump_evalset
 from mmrag.eval.metrics import build_qrels, build_run
 from mmrag.eval.run import EvalResult, corpus_fingerprint
-from mmrag.pipelines.store import IndexStore, database_exists, open_existing
+from mmrag.pipelines.store import IndexStore, open_if_exists
 
 RUN_FORMAT = "mmrag-eval-run/1"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -228,7 +228,8 @@ def read_history(history_uri: str):
     """The ``eval_history`` table as a pandas DataFrame sorted by ``created_at`` (empty when there is none)."""
     import pandas as pd  # deferred: pandas costs ~0.5 s to import and only history readers need it
 
-    table = open_existing(history_uri).read_history() if database_exists(history_uri) else None
+    store = open_if_exists(history_uri)
+    table = store.read_history() if store is not None else None
     if table is None:
         return pd.DataFrame()
     return table.to_pandas().sort_values("created_at").reset_index(drop=True)

@@ -47,7 +47,7 @@ from mmrag.eval.run import EvalResult, can_embed, embed_queries, new_run_id, run
 from mmrag.eval.significance import compare_per_query
 from mmrag.pipelines.retrieve.hits import Target, resolve_targets
 from mmrag.pipelines.retrieve.searcher import Searcher
-from mmrag.pipelines.store import chunks_table_name, database_exists, images_table_name, open_existing
+from mmrag.pipelines.store import chunks_table_name, images_table_name, open_if_exists
 
 GRID_KEYS = ("embedder", "chunking", "chunk_size", "context", "merge_min_tokens", "preset", "mode", "hybrid_fusion",
              "hybrid_vector_weight", "query_rewrite", "reranker", "image_scoring", "k", "text_k", "image_k", "threshold", "temperature")
@@ -378,7 +378,7 @@ def run_sweep(
         cfg0 = configs[members[0]]
         t0 = time.perf_counter()
         uri = cfg0.store.db_uri
-        store = open_existing(uri) if database_exists(uri) else None
+        store = open_if_exists(uri)
         missing = store is None or not (store.has_table(chunks_table_name(label, chunking))
                                         and store.has_table(images_table_name(label)))
         if (index or missing) and index_group is not None:

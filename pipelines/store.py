@@ -79,9 +79,15 @@ def open_existing(db_uri: str) -> "IndexStore":
     Readers (search, eval, reports, status) use this so that a mistyped ``--db`` is an error instead
     of a new empty database.
     """
-    if not database_exists(db_uri):
+    store = open_if_exists(db_uri)
+    if store is None:
         raise FileNotFoundError(f"no database at {db_uri} (run `mmrag index SOURCE…` first)")
-    return IndexStore(db_uri)
+    return store
+
+
+def open_if_exists(db_uri: str) -> "IndexStore | None":
+    """The database at ``db_uri``, or None when there is none (for readers to whom no index is no error)."""
+    return IndexStore(db_uri) if database_exists(db_uri) else None
 
 
 def fts_column(target: str, column_names: Sequence[str]) -> str:
@@ -90,6 +96,11 @@ def fts_column(target: str, column_names: Sequence[str]) -> str:
     if target == "text":
         return "search_text" if "search_text" in column_names else "text"
     return "surrogate_text" if "surrogate_text" in column_names else "caption"
+
+
+def fts_index(table, column: str):
+    """The native full-text index of ``table`` on exactly ``column`` (an ``IndexConfig``), or None."""
+    return next((i for i in table.list_indices() if i.index_type == "FTS" and list(i.columns) == [column]), None)
 
 
 def column_index(table, column: str = "vector"):
@@ -300,11 +311,11 @@ class IndexStore:
         still found, by a flat scan.
         """
         table = self.open_table(name)
-        existing = [i for i in table.list_indices() if i.index_type == "FTS" and list(i.columns) == [column]]
-        if not existing:
+        existing = fts_index(table, column)
+        if existing is None:
             table.create_index(column, config=FTS(), replace=True)
             return f"{column}_idx"
-        index_name = existing[0].name
+        index_name = existing.name
         stats = table.index_stats(index_name)
         if stats is not None and stats.num_unindexed_rows:
             table.to_lance().optimize.optimize_indices(index_names=[index_name])

@@ -31,7 +31,7 @@ from markupsafe import Markup
 from mmrag.eval.diff import DEFAULT_METRIC, query_diff
 from mmrag.eval.results import load_run, read_history
 from mmrag.eval.significance import compare_per_query
-from mmrag.pipelines.store import DOCUMENTS, IMAGE_BLOBS, IndexStore, database_exists, open_existing
+from mmrag.pipelines.store import DOCUMENTS, IMAGE_BLOBS, IndexStore, open_if_exists
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE_NAME = "report.html.j2"
@@ -51,10 +51,10 @@ def _read_json(path: Path, default: Any = None) -> Any:
 
 def _open_db(db_uri: str | None) -> IndexStore | None:
     """The index database, or None when there is none: a report without the index still renders."""
-    if not db_uri or not database_exists(db_uri):
+    if not db_uri:
         return None
     try:
-        return open_existing(db_uri)
+        return open_if_exists(db_uri)
     except Exception:  # noqa: BLE001 - an unreadable database leaves its sections out of the report
         return None
 

@@ -50,7 +50,7 @@ from mmrag.pipelines.llm import make_backend
 from mmrag.pipelines.llm.openai_backend import OpenAIBackend
 from mmrag.pipelines.retrieve.hits import Hit, SearchError, hit_columns, hit_from_row
 from mmrag.pipelines.retrieve.scoring import reciprocal_rank_fusion, row_similarities
-from mmrag.pipelines.store import IMAGE_BLOBS, fts_column
+from mmrag.pipelines.store import IMAGE_BLOBS, fts_column, fts_index
 
 RERANKERS = ("none", "hybrid", "llm", "cross-encoder", "model-score")
 
@@ -281,9 +281,9 @@ class ScorerReranker(Reranker):
 def require_fts_index(table: Any, column: str) -> str:
     """The name of ``table``'s full-text index on ``column``; :class:`RerankerUnavailable` saying how to build it
     when there is none. Never creates or refreshes one: a query must not modify a (possibly pinned) table."""
-    for index in table.list_indices():
-        if index.index_type == "FTS" and list(index.columns) == [column]:
-            return index.name
+    index = fts_index(table, column)
+    if index is not None:
+        return index.name
     raise RerankerUnavailable(
         f"reranker 'hybrid': no full-text index on column {column!r}; `mmrag maintain` builds it (indexing does too)"
     )

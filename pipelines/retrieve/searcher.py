@@ -69,6 +69,7 @@ from mmrag.pipelines.store import (
     column_index,
     content_table_name,
     fts_column,
+    fts_index,
     open_existing,
 )
 
@@ -506,7 +507,7 @@ class Searcher:
         column = fts_column(target, self.schema(target).names)
         key = (self.table_name(target), f"fts:{column}")
         if key not in self.tables.index_types:
-            index = column_index(self.table(target), column)
+            index = fts_index(self.table(target), column)
             self.tables.index_types[key] = index.index_type if index is not None else None
         if self.tables.index_types[key] != "FTS":
             raise SearchError(
