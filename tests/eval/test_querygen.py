@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -65,13 +64,18 @@ def _words_not_in(passage: str, span: str, n: int = 4) -> list[str]:
 
 class Script:
     """The fake writer and judge: questions built from passage words outside the key sentence (low overlap), with
-    scripted misbehaviour keyed on the span's hash: copies (rewritten once), copies twice, no question, repeats."""
+    scripted misbehaviour keyed on the order of the writer's calls (not on the spans, whose ids hold the test
+    server's port): a repeat, a copy rewritten once, no question, a question the judge refuses; every second
+    rewrite copies again."""
+
+    TEXT_PLAN = ("ok", "repeat", "copy", "unparsed", "ok", "refused", "ok")
 
     def __init__(self, judge: FakeModel):
         self.judge = judge
         self.first: str | None = None
         self.no_for: set[str] = set()
         self.text_calls = 0
+        self.rewrite_calls = 0
 
     def __call__(self, model, messages) -> str:
         text = messages[-1]["content"] if isinstance(messages[-1]["content"], str) else " ".join(
@@ -81,25 +85,24 @@ class Script:
             return "No." if question in self.no_for else "Yes"
         if text.startswith("This question copies"):
             span = re.search(r'Source sentence: "(.*)"', text).group(1)
-            if int(hashlib.sha256(span.encode()).hexdigest(), 16) % 2:
+            self.rewrite_calls += 1
+            if self.rewrite_calls % 2 == 0:
                 return f"Question: {span}?"  # copies again: dropped
             return "Question: Which figure does the tutorial report for " + " ".join(content_words(span)[-1:]) + " in practice?"
         if text.startswith("Article:") and "Key sentence" in text:
             span = re.search(r'Key sentence: "(.*)"', text).group(1)
             passage = text.split("Passage:\n", 1)[1].split("\n\nKey sentence", 1)[0]
-            h = int(hashlib.sha256(span.encode()).hexdigest(), 16) % 7
+            step = self.TEXT_PLAN[self.text_calls % len(self.TEXT_PLAN)]
             self.text_calls += 1
-            if self.text_calls == 2 and self.first:  # at least one repeat, whichever sentences were sampled
+            if step == "repeat" and self.first:
                 return f"Question: {self.first}\nAnswer: again"
-            if h == 0:
+            if step == "copy":
                 return f"Question: {span.rstrip('.!?')}?\nAnswer: {span}"
-            if h == 1:
+            if step == "unparsed":
                 return "I am sorry, I cannot write questions."
-            if h == 2 and self.first:
-                return f"Question: {self.first}\nAnswer: again"
             question = f"How does the text relate {' and '.join(_words_not_in(passage, span))}?"
             self.first = self.first or question
-            if h == 3:
+            if step == "refused":
                 self.no_for.add(question)
             return f"Question: {question}\nAnswer: {span}"
         section = re.search(r"Section: (.*)", text).group(1)
@@ -137,7 +140,7 @@ def test_generate_writes_a_checked_set_with_provenance_counts_and_a_cache(runs, 
         assert summary["figure"] >= 1 and summary["text"] >= 1 and summary["vision"] is True
         dropped = ("unparsed", "vague", "overlap", "duplicate", "unanswerable", "unresolved", "surplus")
         assert summary["candidates"] == summary["kept"] + sum(summary[k] for k in dropped)
-        assert summary["unparsed"] >= 1 and summary["rewritten"] >= 1 and summary["duplicate"] >= 1
+        assert summary["unparsed"] >= 1 and summary["rewritten"] >= 1 and summary["duplicate"] >= 1 and summary["unanswerable"] >= 1
         assert summary["llm_calls"] == len(requests) and summary["s_per_question"] > 0
         assert 0 < summary["survival"] <= 1
         # figures went with their pixels; the judge saw only evidence and question
