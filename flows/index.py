@@ -56,7 +56,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from mmrag.flows.embedding import PIXELS, image_vectors, vectors_for
+from mmrag.flows.embedding import PIXELS, ImageVectors, image_vectors, vectors_for
 from mmrag.flows.image_text import (CaptionState, OcrState, caption_missing_images, collect_image_text, start_captioning,
                                     start_ocr, submit_image_text)
 from mmrag.config import MmragConfig
@@ -70,7 +70,8 @@ from mmrag.pipelines.images import inspect_image
 from mmrag.pipelines.parse import parse_html
 from mmrag.pipelines.rawstore import RawStore
 from mmrag.pipelines.sources import PageTarget, expand_sources
-from mmrag.pipelines.summary import IndexSummary
+from mmrag.pipelines.summary import (BatchRecord, ChunkCounts, ImageOutcome, ImageWriteCounts, IndexSummary, PageOutcome,
+                                     RetiredDocuments)
 from mmrag.pipelines import maintenance
 from mmrag.flows.shared import SharedHandle
 
@@ -115,8 +116,8 @@ def fetch_page(target: PageTarget, fetcher: Fetcher) -> FetchResult:
 def fetch_pages(targets: list[PageTarget], fetcher: Fetcher, workers: int, extra: int = 0) -> list[FetchResult]:
     """Fetch a group of pages on ``workers`` threads (the fetcher's global and per-host limits still hold).
 
-    One task per group rather than per page: a Prefect task run costs ~20 ms of CPU here, as much as
-    a conditional GET, so an incremental re-index of unchanged pages would be bound by task overhead.
+    One task per group rather than per page: a Prefect task run costs about as much CPU as a conditional
+    GET, so an incremental re-index of unchanged pages would be bound by task overhead.
     """
     if len(targets) == 1 or workers <= 1:
         return [fetch_page.fn(t, fetcher) for t in targets]
@@ -434,6 +435,137 @@ def _prepare_batch(
     return _Prepared(batch, now, previous_docs, stored_chunks, stored_images, unchanged, gone, pages, good, occurrences)
 
 
+@dataclass
+class _EmbeddedChunks:
+    """The chunk stage of a batch: the plan against the stored rows and the vectors of its new chunks."""
+
+    chunks: list[Chunk]
+    plan: incremental.ChunkPlan
+    vectors: object
+    reused: int
+
+
+@dataclass
+class _EmbeddedImages:
+    """The image stage of a batch: occurrences with their OCR text and captions, the plan, the new vectors."""
+
+    occurrences: list[rows.ImageOccurrence]
+    plan: incremental.ImagePlan
+    vectors: ImageVectors
+
+
+def _embed_chunks(prepared: _Prepared, embedder: Embedder, index_store: store.IndexStore, chunk_table: str,
+                  config: MmragConfig, summary: IndexSummary, progress: Progress) -> _EmbeddedChunks:
+    """Plan the batch's chunks against the stored rows and embed the new ones (stored vectors of the same text reused)."""
+    good_urls = {p.target.url for p in prepared.good}
+    chunks = [c for p in prepared.good for c in p.chunks]
+    plan = incremental.plan_chunks(chunks, {u: rows_ for u, rows_ in prepared.stored_chunks.items() if u in good_urls})
+    with summary.timed("embed"):
+        vectors, reused = vectors_for([c.content_hash for c in plan.new], [c.search_text for c in plan.new], chunk_table,
+                                      "content_hash", embedder, index_store, config, progress, "embed chunks")
+    summary.count_stage("embed", len(plan.new) - reused)
+    return _EmbeddedChunks(chunks, plan, vectors, reused)
+
+
+def _embed_images(prepared: _Prepared, embedder: Embedder, index_store: store.IndexStore, image_table: str,
+                  config: MmragConfig, summary: IndexSummary, progress: Progress, ocr: OcrState | None,
+                  captioning: CaptionState | None) -> _EmbeddedImages:
+    """Collect the batch's OCR text, caption what lacks a caption, then embed the images whose row changes.
+
+    A vector is reused when the bytes (pixel vectors) or the surrogate (surrogate vectors) are unchanged.
+    """
+    occurrences = prepared.occurrences
+    if ocr is not None and ocr.enabled:
+        with summary.timed("ocr"):
+            occurrences = collect_image_text(occurrences, ocr, summary)
+    if captioning is not None and captioning.enabled:
+        with summary.timed("captions"):
+            occurrences = caption_missing_images(occurrences, captioning, index_store, config, summary, progress)
+    good_urls = {p.target.url for p in prepared.good}
+    stored = {iid: row for u, rows_ in prepared.stored_images.items() if u in good_urls for iid, row in rows_.items()}
+    plan = incremental.plan_images(occurrences, stored)
+    with summary.timed("embed"):
+        vectors = image_vectors(plan.changed, embedder, index_store, image_table, config, summary, progress)
+    summary.count_stage("embed", len(plan.changed) - vectors.reused)
+    return _EmbeddedImages(occurrences, plan, vectors)
+
+
+@task(name="write-batch", task_run_name="write-batch {count} pages", cache_policy=NO_CACHE)
+def write_batch(prepared: _Prepared, chunks: _EmbeddedChunks, images: _EmbeddedImages, index_store: store.IndexStore,
+                chunk_table: str, image_table: str, config: MmragConfig, embedder_name: str, run_id: str,
+                count: int = 0) -> tuple[int, int, RetiredDocuments]:
+    """Commit a batch in dependency order (image bytes, chunks, images, then the ``documents`` rows that vouch for
+    them), retire its gone pages; returns (new image blobs, rows written, documents retired)."""
+    changed_images, image_plan = images.plan.changed, images.plan
+    blobs = rows.image_blobs_table(changed_images)
+    blob_keys = blobs.column("sha256").to_pylist()
+    new_blob_keys = set(blob_keys) - index_store.existing_keys(store.IMAGE_BLOBS, "sha256", blob_keys)
+    index_store.upsert(store.IMAGE_BLOBS, blobs, key="sha256", update=False)
+    if chunks.plan.new:
+        index_store.upsert(chunk_table, rows.chunks_table(chunks.plan.new, chunks.vectors, embedder=embedder_name, run_id=run_id))
+    if changed_images:
+        vectors = images.vectors
+        index_store.upsert(image_table, rows.images_table(
+            changed_images, vectors.vectors, embedder=embedder_name, vector_source=vectors.sources, run_id=run_id,
+            multivectors=vectors.multivectors))
+    # Kept rows of a re-parsed page are not rewritten: bring their copy of the page's date up to date.
+    dates = {p.target.url: rows.published_value(p.doc.published) for p in prepared.good}
+    for table_name, stored in ((chunk_table, prepared.stored_chunks), (image_table, prepared.stored_images)):
+        index_store.set_where_in(table_name, "published", incremental.redated_documents(dates, stored),
+                                 field=store.documents_schema().field("published"))
+    index_store.delete_where_in(chunk_table, "id", chunks.plan.stale)
+    index_store.delete_where_in(image_table, "id", image_plan.stale)
+    doc_rows = []
+    for page in prepared.pages:
+        url = page.target.url
+        doc_rows.append(rows.document_row(
+            url=url, origin=page.target.origin, fetch=page.fetch, status=page.status, doc=page.doc,
+            n_chunks=len(page.chunks), n_images=sum(1 for o in images.occurrences if o.doc_url == url), run_id=run_id,
+            indexed_at=prepared.now, previous=prepared.previous_docs.get(url), error=page.error,
+        ))
+    doc_rows += incremental.refreshed_document_rows(prepared.unchanged, prepared.previous_docs, run_id=run_id)
+    index_store.upsert(store.DOCUMENTS, rows.documents_table(doc_rows))
+    gone = prepared.gone
+    leftovers = {t.url for t, _ in gone if prepared.stored_chunks.get(t.url) or prepared.stored_images.get(t.url)}
+    retired = _retire([t.url for t, _ in gone], prepared.previous_docs, {t.url: r for t, r in gone}, index_store,
+                      chunk_table, image_table, config, run_id, leftovers=leftovers)
+    return len(new_blob_keys), len(chunks.plan.new) + len(changed_images) + len(doc_rows), retired
+
+
+def batch_record(prepared: _Prepared, chunks: _EmbeddedChunks, images: _EmbeddedImages, blobs_new: int,
+                 retired: RetiredDocuments) -> BatchRecord:
+    """What a committed batch contributes to the summary, from its stage records."""
+    pages = []
+    for page in prepared.pages:
+        previous = prepared.previous_docs.get(page.target.url)
+        change = None
+        if page.doc is not None:
+            if previous is None or previous.get("status") != "ok" or not previous.get("content_hash"):
+                change = "added"
+            elif previous.get("content_hash") == page.fetch.body_sha256:
+                change = "unchanged"  # re-parsed (reparse or a new chunking) but the same content
+            else:
+                change = "updated"
+        pages.append(PageOutcome(page.target.url, page.status, change, page.fetch.status == "not_modified", page.error))
+    kept_images = []
+    for target, result in prepared.unchanged:
+        n_chunks = prepared.previous_docs[target.url].get("n_chunks") or 0
+        pages.append(PageOutcome(target.url, "ok", "unchanged", result.status == "not_modified", chunks_kept=n_chunks))
+        kept_images += [ImageOutcome(image["src_url"], image["status"], "unchanged", image["error"])
+                        for image in prepared.stored_images.get(target.url, {}).values()]
+    plan = chunks.plan
+    return BatchRecord(
+        pages=tuple(pages),
+        images=tuple(kept_images) + tuple(ImageOutcome(o.ref.src, o.status, change, o.error)
+                                          for o, change in zip(images.occurrences, images.plan.change)),
+        chunks=ChunkCounts(total=len(chunks.chunks), added=plan.added, updated=plan.updated, unchanged=plan.unchanged,
+                           deleted=plan.deleted, vectors_reused=chunks.reused, truncated=sum(c.truncated for c in chunks.chunks)),
+        image_writes=ImageWriteCounts(deleted=len(images.plan.stale), vectors_reused=images.vectors.reused,
+                                      pixel_vectors=images.vectors.sources.count(PIXELS), blobs_new=blobs_new),
+        retired=retired,
+    )
+
+
 def _finish_batch(
     prepared: _Prepared,
     embedder: Embedder,
@@ -447,140 +579,19 @@ def _finish_batch(
     ocr: OcrState | None = None,
     captioning: CaptionState | None = None,
 ) -> None:
-    """Wait for the batch's OCR, caption, embed and commit it (content first, documents last), then tally."""
-    now, previous_docs, stored_chunks, stored_images = (prepared.now, prepared.previous_docs, prepared.stored_chunks,
-                                                        prepared.stored_images)
-    unchanged, gone, pages, good, occurrences = (prepared.unchanged, prepared.gone, prepared.pages, prepared.good,
-                                                 prepared.occurrences)
-    good_urls = {p.target.url for p in good}
-    # Chunks first: their embedding needs no OCR text, so it runs while the OCR workers read this batch's images.
-    chunks = [c for p in good for c in p.chunks]
-    plan = incremental.plan_chunks(chunks, {u: rows_ for u, rows_ in stored_chunks.items() if u in good_urls})
-    with summary.timed("embed"):
-        chunk_vectors, chunks_reused = vectors_for(
-            [c.content_hash for c in plan.new], [c.search_text for c in plan.new], chunk_table, "content_hash",
-            embedder, index_store, config, progress, "embed chunks")
-    summary.count_stage("embed", len(plan.new) - chunks_reused)
-    if ocr is not None and ocr.enabled:
-        with summary.timed("ocr"):
-            occurrences = collect_image_text(occurrences, ocr, summary)
-    if captioning is not None and captioning.enabled:
-        with summary.timed("captions"):
-            occurrences = caption_missing_images(occurrences, captioning, index_store, config, summary, progress)
-
-    # Images: rewrite rows whose surrogate text (caption, OCR text), bytes or status changed; the vector is
-    # reused when the bytes (pixel vectors) or the surrogate (surrogate vectors) are unchanged.
-    stored_image_rows = {iid: row for u, rows_ in stored_images.items() if u in good_urls for iid, row in rows_.items()}
-    changed_images = list({
-        o.id: o for o in occurrences
-        if o.id not in stored_image_rows
-        or stored_image_rows[o.id]["surrogate_hash"] != o.surrogate_hash
-        or stored_image_rows[o.id]["status"] != o.status
-        or stored_image_rows[o.id].get("ocr_text") != o.ocr_text
-    }.values())
-    stale_image_ids = set(stored_image_rows) - {o.id for o in occurrences}
-
-    with summary.timed("embed"):
-        new_image_vectors = image_vectors(changed_images, embedder, index_store, image_table, config, summary, progress)
-    summary.count_stage("embed", len(changed_images) - new_image_vectors.reused)
-
+    """Embed the batch's chunks (while the OCR workers read its images), collect OCR text and captions, embed the
+    changed images, commit, and fold the stage records into the summary."""
+    chunks = _embed_chunks(prepared, embedder, index_store, chunk_table, config, summary, progress)
+    images = _embed_images(prepared, embedder, index_store, image_table, config, summary, progress, ocr, captioning)
     with summary.timed("write"):
-        # Order matters for crash safety: content first, then the documents rows that vouch for it.
-        blobs = rows.image_blobs_table(changed_images)
-        new_blob_keys = set(blobs.column("sha256").to_pylist()) - index_store.existing_keys(
-            store.IMAGE_BLOBS, "sha256", blobs.column("sha256").to_pylist())
-        index_store.upsert(store.IMAGE_BLOBS, blobs, key="sha256", update=False)
-        if plan.new:
-            index_store.upsert(chunk_table, rows.chunks_table(plan.new, chunk_vectors, embedder=embedder.name, run_id=run_id))
-        if changed_images:
-            index_store.upsert(image_table, rows.images_table(
-                changed_images, new_image_vectors.vectors, embedder=embedder.name, vector_source=new_image_vectors.sources,
-                run_id=run_id, multivectors=new_image_vectors.multivectors))
-        # Kept rows of a re-parsed page are not rewritten: bring their copy of the page's date up to date.
-        dates = {p.target.url: rows.published_value(p.doc.published) for p in good}
-        for table_name, stored in ((chunk_table, stored_chunks), (image_table, stored_images)):
-            index_store.set_where_in(table_name, "published", incremental.redated_documents(dates, stored),
-                                     field=store.documents_schema().field("published"))
-        index_store.delete_where_in(chunk_table, "id", plan.stale)
-        index_store.delete_where_in(image_table, "id", stale_image_ids)
-        doc_rows = []
-        for page in pages:
-            url = page.target.url
-            n_images = sum(1 for o in occurrences if o.doc_url == url)
-            doc_rows.append(rows.document_row(
-                url=url, origin=page.target.origin, fetch=page.fetch, status=page.status, doc=page.doc,
-                n_chunks=len(page.chunks), n_images=n_images, run_id=run_id, indexed_at=now,
-                previous=previous_docs.get(url), error=page.error,
-            ))
-        doc_rows += incremental.refreshed_document_rows(unchanged, previous_docs, run_id=run_id)
-        index_store.upsert(store.DOCUMENTS, rows.documents_table(doc_rows))
-        leftovers = {t.url for t, _ in gone if stored_chunks.get(t.url) or stored_images.get(t.url)}
-        retired = _retire([t.url for t, _ in gone], previous_docs, {t.url: r for t, r in gone}, index_store,
-                          chunk_table, image_table, config, run_id, leftovers=leftovers)
-    summary.count_stage("write", len(plan.new) + len(changed_images) + len(doc_rows))
-
-    # Tally.
-    for page in pages:
-        summary.count_page(page.status)
-        previous = previous_docs.get(page.target.url)
-        if page.doc is None:
-            summary.pages_failed += 1
-            summary.add_failure("page", page.target.url, page.status, page.error)
-        else:
-            summary.pages_ok += 1
-            summary.pages_not_modified += page.fetch.status == "not_modified"
-            if previous is None or previous.get("status") != "ok" or not previous.get("content_hash"):
-                summary.documents_added += 1
-            elif previous.get("content_hash") == page.fetch.body_sha256:
-                summary.documents_unchanged += 1  # re-parsed (reparse or a new chunking) but the same content
-            else:
-                summary.documents_updated += 1
-    for target, result in unchanged:
-        previous = previous_docs[target.url]
-        summary.count_page("ok")
-        summary.pages_ok += 1
-        summary.pages_not_modified += result.status == "not_modified"
-        summary.documents_unchanged += 1
-        summary.chunks_total += previous.get("n_chunks") or 0
-        summary.chunks_unchanged += previous.get("n_chunks") or 0
-        for image in stored_images.get(target.url, {}).values():
-            summary.images_total += 1
-            summary.images_unchanged += 1
-            summary.count_image(image["status"])
-            if image["status"] == "ok":
-                summary.images_ok += 1
-            else:
-                summary.images_failed += 1
-                summary.add_failure("image", image["src_url"], image["status"], image["error"])
-    summary.tally_retired(retired)
-    for occ in occurrences:
-        summary.count_image(occ.status)
-        if occ.status == "ok":
-            summary.images_ok += 1
-        else:
-            summary.images_failed += 1
-            summary.add_failure("image", occ.ref.src, occ.status, occ.error)
-    summary.chunks_total += len(chunks)
-    summary.chunks_embedded += len(plan.new)
-    summary.chunks_added += plan.added
-    summary.chunks_updated += plan.updated
-    summary.chunks_vectors_reused += chunks_reused
-    summary.chunks_unchanged += plan.unchanged
-    summary.chunks_deleted += plan.deleted
-    summary.chunks_truncated += sum(c.truncated for c in chunks)
-    summary.images_total += len(occurrences)
-    summary.images_embedded += len(changed_images)
-    summary.images_added += sum(1 for o in changed_images if o.id not in stored_image_rows)
-    summary.images_updated += sum(1 for o in changed_images if o.id in stored_image_rows)
-    summary.images_vectors_reused += new_image_vectors.reused
-    summary.images_pixel_vectors += new_image_vectors.sources.count(PIXELS)
-    summary.images_unchanged += len(occurrences) - len(changed_images)
-    summary.images_deleted += len(stale_image_ids)
-    summary.image_blobs_new += len(new_blob_keys)
+        blobs_new, written, retired = write_batch(prepared, chunks, images, index_store, chunk_table, image_table,
+                                                  config, embedder.name, run_id, count=len(prepared.pages))
+    summary.count_stage("write", written)
+    summary.add_batch(batch_record(prepared, chunks, images, blobs_new, retired))
 
 
 def _retire(urls: list[str], previous_docs: dict, fetches: dict, index_store: store.IndexStore, chunk_table: str,
-            image_table: str, config: MmragConfig, run_id: str, leftovers: set[str] | None = None) -> dict:
+            image_table: str, config: MmragConfig, run_id: str, leftovers: set[str] | None = None) -> RetiredDocuments:
     """Apply ``ops.gone_policy`` to ``urls`` (known documents that are gone); returns what was removed.
 
     The tombstone is written first and the content deleted after it, so a crash in between leaves a
@@ -588,7 +599,7 @@ def _retire(urls: list[str], previous_docs: dict, fetches: dict, index_store: st
     Documents already ``gone`` only get their tombstone refreshed (and ``leftovers`` deleted).
     """
     if not urls or config.ops.gone_policy == "keep":
-        return {"urls": [], "chunks": 0, "images": 0}
+        return RetiredDocuments()
     newly_gone = [u for u in urls if previous_docs[u].get("status") != "gone"]
     tombstones = []
     for url in urls:
@@ -599,8 +610,8 @@ def _retire(urls: list[str], previous_docs: dict, fetches: dict, index_store: st
     deleted = index_store.delete_document_content(sorted(set(newly_gone) | (leftovers or set()) & set(urls)))
     if config.ops.gone_policy == "delete":
         index_store.delete_where_in(store.DOCUMENTS, "url", urls)
-    return {"urls": newly_gone, "chunks": deleted.get(chunk_table, 0), "images": deleted.get(image_table, 0),
-            "still_gone": len(urls) - len(newly_gone)}
+    return RetiredDocuments(urls=tuple(newly_gone), still_gone=len(urls) - len(newly_gone),
+                            chunks=deleted.get(chunk_table, 0), images=deleted.get(image_table, 0))
 
 
 def _retire_dropped(sources, targets, source_errors, index_store, chunk_table, image_table, config, summary, run_id) -> None:
@@ -615,7 +626,7 @@ def _retire_dropped(sources, targets, source_errors, index_store, chunk_table, i
         with summary.timed("write"):
             retired = _retire(dropped, index_store.document_rows(dropped), {}, index_store, chunk_table, image_table,
                               config, run_id)
-        summary.tally_retired(retired)
+        summary.add_batch(BatchRecord(retired=retired))
         get_run_logger().info("retired %d documents no longer listed by their sources (%s)", len(dropped),
                               config.ops.gone_policy)
 

@@ -113,6 +113,39 @@ def plan_chunks(chunks: Sequence[Chunk], stored: Mapping[str, Mapping[str, Mappi
     return plan
 
 
+@dataclass
+class ImagePlan:
+    """How a batch's image occurrences relate to the stored rows of their pages.
+
+    ``changed``: occurrences whose row is (re)written, de-duplicated by id: new, or whose surrogate text,
+    status or OCR text differs from the stored row. ``stale``: stored ids no occurrence has any more.
+    ``change``: per occurrence, in order, ``added``/``updated`` for the one that writes its row,
+    ``unchanged`` otherwise (a repeated id counts once).
+    """
+
+    changed: list[Any] = field(default_factory=list)
+    stale: set[str] = field(default_factory=set)
+    change: list[str] = field(default_factory=list)
+
+
+def plan_images(occurrences: Sequence[Any], stored: Mapping[str, Mapping]) -> ImagePlan:
+    """Diff ``occurrences`` (objects with ``id``, ``surrogate_hash``, ``status``, ``ocr_text``) against ``stored``
+    (``{id: row}`` of the re-parsed pages, with those columns)."""
+    plan = ImagePlan(stale=set(stored) - {o.id for o in occurrences})
+    written: set[str] = set()
+    for occ in occurrences:
+        row = stored.get(occ.id)
+        differs = row is None or (row["surrogate_hash"], row["status"], row.get("ocr_text")) != (
+            occ.surrogate_hash, occ.status, occ.ocr_text)
+        if differs and occ.id not in written:
+            written.add(occ.id)
+            plan.changed.append(occ)
+            plan.change.append("added" if row is None else "updated")
+        else:
+            plan.change.append("unchanged")
+    return plan
+
+
 def redated_documents(dates: Mapping[str, Any], stored: Mapping[str, Mapping[str, Mapping]]) -> dict[Any, list[str]]:
     """Re-parsed documents whose stored rows carry another ``published`` date than the page has now.
 

@@ -61,7 +61,7 @@ def index_config(rows: int, dimension: int, index_type: str):
     from lancedb.index import IvfHnswSq, IvfPq, IvfSq
 
     partitions = max(1, int(math.sqrt(rows)))
-    # 20 k-means iterations: LanceDB's 50 doubled the 1M-row build for no recall measured (bench/RESULTS.md)
+    # Fewer k-means iterations than LanceDB's 50: the extra ones lengthen large builds and bought no recall (bench/RESULTS.md)
     if index_type == "IVF_SQ":
         return IvfSq(distance_type="cosine", num_partitions=partitions, max_iterations=20)
     if index_type == "IVF_PQ":

@@ -1,4 +1,6 @@
-"""The summary of an index run: counters, per-stage times and per-item failures (pure)."""
+"""The summary of an index run (pure): what each batch's stages produced, as typed records, folded into
+:class:`IndexSummary` counters by one method (:meth:`IndexSummary.add_batch`), plus per-stage times and
+per-item failures."""
 
 from __future__ import annotations
 
@@ -6,7 +8,83 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
+
+Change = Literal["added", "updated", "unchanged"]
+
+
+@dataclass(frozen=True)
+class PageOutcome:
+    """One page of a batch: its status, and for a page that was indexed how its document changed.
+
+    ``change`` is None for a page that failed (fetch or parse); ``chunks_kept`` counts the stored chunks a
+    page skipped as unchanged keeps (nothing of it was re-parsed)."""
+
+    url: str
+    status: str
+    change: Change | None = None
+    not_modified: bool = False
+    error: str | None = None
+    chunks_kept: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """The page is indexed (its document row says ``ok``)."""
+        return self.change is not None
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    """One image occurrence of a batch: its status and whether its row was written (``added``/``updated``) or kept."""
+
+    src: str
+    status: str
+    change: Change
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RetiredDocuments:
+    """Documents retired as gone by ``ops.gone_policy``: newly gone ``urls``, ones already gone, rows removed."""
+
+    urls: tuple[str, ...] = ()
+    still_gone: int = 0
+    chunks: int = 0
+    images: int = 0
+
+
+@dataclass(frozen=True)
+class ChunkCounts:
+    """How a batch's chunks compare with the stored ones (``embedded`` = added + updated: the rows written)."""
+
+    total: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    vectors_reused: int = 0
+    truncated: int = 0
+
+
+@dataclass(frozen=True)
+class ImageWriteCounts:
+    """What writing a batch's images did beyond each occurrence's outcome."""
+
+    deleted: int = 0
+    vectors_reused: int = 0
+    pixel_vectors: int = 0
+    blobs_new: int = 0
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """Everything one committed batch (or a retirement of dropped documents) contributes to the summary."""
+
+    pages: tuple[PageOutcome, ...] = ()
+    images: tuple[ImageOutcome, ...] = ()
+    chunks: ChunkCounts = ChunkCounts()
+    image_writes: ImageWriteCounts = ImageWriteCounts()
+    retired: RetiredDocuments = RetiredDocuments()
 
 
 @dataclass
@@ -81,15 +159,50 @@ class IndexSummary:
         """Record one failed item (page, image or source) with its status and message."""
         self.failures.append({"kind": kind, "url": url, "status": status, "error": error or ""})
 
-    def tally_retired(self, retired: dict[str, Any]) -> None:
-        """Count documents retired as gone (tombstoned or deleted) and the rows removed with them."""
-        for _url in retired.get("urls", []):
+    def add_batch(self, batch: BatchRecord) -> None:
+        """Fold one batch's records into the counters: the only place page, document, chunk and image counts change."""
+        for page in batch.pages:
+            self.count_page(page.status)
+            if not page.ok:
+                self.pages_failed += 1
+                self.add_failure("page", page.url, page.status, page.error)
+                continue
+            self.pages_ok += 1
+            self.pages_not_modified += page.not_modified
+            self.documents_added += page.change == "added"
+            self.documents_updated += page.change == "updated"
+            self.documents_unchanged += page.change == "unchanged"
+            self.chunks_total += page.chunks_kept
+            self.chunks_unchanged += page.chunks_kept
+        for image in batch.images:
+            self.count_image(image.status)
+            self.images_total += 1
+            if image.status == "ok":
+                self.images_ok += 1
+            else:
+                self.images_failed += 1
+                self.add_failure("image", image.src, image.status, image.error)
+            self.images_added += image.change == "added"
+            self.images_updated += image.change == "updated"
+            self.images_unchanged += image.change == "unchanged"
+        self.images_embedded += sum(image.change != "unchanged" for image in batch.images)
+        chunks = batch.chunks
+        self.chunks_total += chunks.total
+        self.chunks_embedded += chunks.added + chunks.updated
+        self.chunks_added += chunks.added
+        self.chunks_updated += chunks.updated
+        self.chunks_unchanged += chunks.unchanged
+        self.chunks_deleted += chunks.deleted + batch.retired.chunks
+        self.chunks_vectors_reused += chunks.vectors_reused
+        self.chunks_truncated += chunks.truncated
+        writes = batch.image_writes
+        self.images_deleted += writes.deleted + batch.retired.images
+        self.images_vectors_reused += writes.vectors_reused
+        self.images_pixel_vectors += writes.pixel_vectors
+        self.image_blobs_new += writes.blobs_new
+        for _ in range(len(batch.retired.urls) + batch.retired.still_gone):
             self.count_page("gone")
-            self.documents_deleted += 1
-        for _ in range(retired.get("still_gone", 0)):
-            self.count_page("gone")
-        self.chunks_deleted += retired.get("chunks", 0)
-        self.images_deleted += retired.get("images", 0)
+        self.documents_deleted += len(batch.retired.urls)
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:

@@ -3,14 +3,11 @@
 The default model is Qwen2.5-Coder-0.5B-Instruct Q4_K_M, assembled from its PyPI part packages by
 :mod:`mmrag.pipelines.llm.gguf` into ``llm.cache_dir``.
 
-Runtime: ``xllamacpp`` (prebuilt CPU wheel, 32 MB, installs in ~2 s) rather than
-``llama-cpp-python`` (compiles llama.cpp from its sdist: ~5-6 min of both cores here, and needs cmake
-and a C++ compiler on every fresh machine and CI run). ``bench/llm_runtime.py`` compares them on the
-same GGUF, n_ctx 4096, 2 threads, greedy, 7 RAG prompts of ~560 tokens (figures in bench/RESULTS.md):
-llama-cpp-python's native build (AVX-512; xllamacpp's wheel targets AVX2) answers ~20-25 % faster
-(p50 3.7 vs 4.9 s; prompt eval 188 vs 148 tok/s, generation 43 vs 38 tok/s) and loads in 0.4 vs
-1.2 s, with the same greedy answer on 6 of 7 prompts. The install cost decides; on a busy shared
-2-core box llama.cpp's threads spin at barriers, so ``llm.n_threads=1`` can be faster there.
+Runtime: ``xllamacpp`` (a prebuilt CPU wheel that installs in seconds) rather than ``llama-cpp-python``,
+which compiles llama.cpp from its sdist and so needs cmake, a C++ compiler and minutes of both cores on
+every fresh machine and CI run. ``bench/llm_runtime.py`` compares the two on the same GGUF (figures in
+bench/RESULTS.md, llm_runtime): the native build answers somewhat faster, the install cost decides. On a
+busy shared 2-core box llama.cpp's threads spin at barriers, so ``llm.n_threads=1`` can be faster there.
 
 The model is text only: images reach it as words (caption, OCR text) rendered into the prompt by
 :func:`mmrag.pipelines.llm.base.images_as_text`. A loaded model is kept per process (keyed by file,

@@ -146,3 +146,23 @@ def test_redated_documents_finds_kept_rows_with_another_date():
     dates = {"a": may, "b": june, "c": june, "d": None, "new": june}
     assert redated_documents(dates, stored) == {june: ["b", "c"]}
     assert redated_documents({"a": None}, stored) == {None: ["a"]}  # a date that disappeared is cleared
+
+
+class Occ:
+    def __init__(self, id, surrogate_hash="s", status="ok", ocr_text=None):
+        self.id, self.surrogate_hash, self.status, self.ocr_text = id, surrogate_hash, status, ocr_text
+
+
+def test_plan_images_writes_new_and_changed_rows_once_and_deletes_the_rest():
+    stored = {"a": {"surrogate_hash": "s", "status": "ok", "ocr_text": None},
+              "b": {"surrogate_hash": "s", "status": "ok", "ocr_text": None},
+              "c": {"surrogate_hash": "s", "status": "ok", "ocr_text": "old"},
+              "gone": {"surrogate_hash": "s", "status": "ok", "ocr_text": None}}
+    occs = [Occ("a"), Occ("b", surrogate_hash="s2"), Occ("c", ocr_text="new"), Occ("new"), Occ("new"),
+            Occ("d_failed", status="http_404")]
+    plan = incremental.plan_images(occs, stored)
+    assert [o.id for o in plan.changed] == ["b", "c", "new", "d_failed"]
+    assert plan.change == ["unchanged", "updated", "updated", "added", "unchanged", "added"]  # a repeated id counts once
+    assert plan.stale == {"gone"}
+    status_only = incremental.plan_images([Occ("a", status="corrupt")], stored)
+    assert status_only.change == ["updated"] and status_only.stale == {"b", "c", "gone"}
