@@ -126,8 +126,7 @@ class ImageConfig(_Section):
         0, ge=0, le=4096,
         description="OCR (rapidocr): the image is scaled to at most this many pixels a side for text detection "
         "(recognition reads the boxes at full size); 0: rapidocr's own choice (960, 1500 or 2000 px by image size). "
-        "On the colah figures 960 cut OCR CPU time by a quarter but lost 7 % of the words (small labels on wide "
-        "figures); part of the key of stored OCR results",
+        "A cap costs the small labels of wide figures (bench/RESULTS.md, ocr_cost); part of the key of stored OCR results",
     )
     ocr_angle_cls: bool = Field(
         False, description="OCR (rapidocr): run the 180° text-direction classifier on every box (part of the result key)"
@@ -136,6 +135,12 @@ class ImageConfig(_Section):
         160, ge=32, le=1024,
         description="OCR (rapidocr): text boxes are recognised in batches padded to at least this width at 48 px high "
         "(rapidocr's default 320 pads short labels 2-6×); part of the result key",
+    )
+    ocr_fold_models: bool = Field(
+        True,
+        description="OCR (rapidocr): run copies of its detection and recognition models with each convolution's "
+        "affine block folded into its weights and hard-swish as one node (same outputs to ~1e-6, less CPU time: "
+        "bench/RESULTS.md, ocr_cost); built once into $XDG_CACHE_HOME/mmrag/ocr-models (needs the onnx package); part of the result key",
     )
     ocr_workers: int | None = Field(
         None, ge=0, le=256,

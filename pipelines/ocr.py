@@ -8,23 +8,21 @@ Two engines that work offline, tried in this order by ``backend="auto"``:
   subprocess in sparse-text mode (``--psm 11``). Good on tables and running text, but misses
   most labels inside diagrams.
 
-Measured on 7 colah.github.io figures (tables, diagrams; 500–2200 px wide), 2 shared CPU cores:
-tesseract 0.1–2.4 s per figure (mean 0.9 s); rapidocr 1–6.6 s (mean 4.3 s) with its default
-detection size (``limit_type: min`` upscales the short side to 736 px). Both read the tables exactly
-(``Mikolov-AnalogyTable``: "France - Paris | Italy: Rome | Japan: Tokyo …"); on diagrams only
-rapidocr finds the labels (``LSTM3-chain``: "ht-1 | tanh | A | A | tanh | Xt-1 | Xt | Xt+1",
-``LSTM2-notation``: "Neural Network | Pointwise | Vector | Concatenate | Copy …";
-tesseract: "pth", and nothing on ``Bottou-WordSetup`` where rapidocr reads "cat sat song the mat").
+rapidocr is the default because only it reads the labels inside diagrams; tesseract reads tables and
+running text as well and is faster per figure.
 
-Cost (issue #15, the 175 distinct figures of the 14 colah posts, CPU seconds of one engine thread,
-machine shared and loaded): recognition is two thirds of rapidocr's time, because every batch of
-text boxes is padded to at least 320 px at 48 px high and most diagram labels are short. The
-defaults pad to 160 (``images.ocr_rec_width``) and skip the 180° classifier (``ocr_angle_cls``):
-97 CPU s instead of 223 s for the settings before (engine threads on every core, classifier on,
-320), 0.953 of their words found. Scaling detection to 960 px (``ocr_max_side``) saves another
-quarter (71 CPU s) but found only 0.885 of the words (small labels of wide figures), so it is off. An image where the
-detector finds no box skips recognition (rapidocr does). Reading runs in ``images.ocr_workers``
-processes of one engine thread each (:class:`OcrPool`), beside embedding.
+Cost: recognition dominates, because every batch of text boxes is padded to a minimum width at 48 px
+high and most diagram labels are short, so the defaults pad to 160 px (``images.ocr_rec_width``) and
+skip the 180° classifier (``ocr_angle_cls``). Detection runs at rapidocr's own size: capping it
+(``ocr_max_side``) loses the small labels of wide figures. An image where the detector finds no box
+skips recognition (rapidocr does). PP-LCNetV3 follows each convolution with a learnable affine block
+and a hard-swish exported as four nodes, none of which onnxruntime fuses; the engine runs copies of the
+models with those folded (:func:`fold_affine_blocks`, ``images.ocr_fold_models``, built once into the
+user cache by :func:`folded_model`), same outputs to ~1e-6. Reading runs in ``images.ocr_workers``
+processes of one engine thread each (:class:`OcrPool`), beside embedding. What each setting costs and
+how many words it finds against full-size OCR, and what was tried and not kept (int8 quantisation,
+other widths and batch sizes, detection caps): ``python -m bench.ocr_cost``, bench/RESULTS.md
+"ocr_cost".
 
 :func:`ocr_available` says whether an engine is installed; :func:`ocr_image` raises
 :class:`OcrUnavailable` with the install command when none is.
@@ -33,6 +31,7 @@ processes of one engine thread each (:class:`OcrPool`), beside embedding.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
 import importlib.util
 import io
@@ -40,9 +39,12 @@ import multiprocessing
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from mmrag.config import ImageConfig
@@ -128,13 +130,17 @@ def ocr_image(
 
 
 @functools.lru_cache(maxsize=4)
-def _rapidocr_engine(max_side: int, angle_cls: bool, rec_width: int, threads: int):
+def _rapidocr_engine(max_side: int, angle_cls: bool, rec_width: int, threads: int, fold: bool = False):
     from rapidocr_onnxruntime import RapidOCR  # deferred: optional engine, loads onnxruntime and its models
     from rapidocr_onnxruntime.ch_ppocr_det.utils import DetPreProcess  # deferred: as above
 
+    models = {}
+    if fold:
+        det, rec = rapidocr_model_paths()
+        models = {"det_model_path": str(folded_model(det)), "rec_model_path": str(folded_model(rec))}
     engine = RapidOCR(det_limit_type="max", det_limit_side_len=max_side or 960, use_cls=angle_cls,
                       rec_img_shape=[3, 48, rec_width], intra_op_num_threads=threads if threads > 0 else -1,
-                      inter_op_num_threads=1 if threads > 0 else -1)
+                      inter_op_num_threads=1 if threads > 0 else -1, **models)
     # rapidocr 1.4 ignores det_limit_side_len with limit_type "max" (it detects at up to 960, 1500 or 2000 px by
     # the image's size): scale to at most ``max_side`` a side for detection here. Recognition still reads each
     # box from the image at full size.
@@ -149,7 +155,7 @@ _rapidocr_lock = threading.Lock()
 
 def _rapidocr_lines(rgb: Image.Image, image_cfg: ImageConfig | None = None) -> list[str]:
     cfg = image_cfg or ImageConfig()
-    engine = _rapidocr_engine(cfg.ocr_max_side, cfg.ocr_angle_cls, cfg.ocr_rec_width, _THREADS)
+    engine = _rapidocr_engine(cfg.ocr_max_side, cfg.ocr_angle_cls, cfg.ocr_rec_width, _THREADS, folds_models(cfg))
     with _rapidocr_lock:  # one engine, its pre/post-processing keeps per-call state
         result, _elapsed = engine(rgb)  # no text box found: None, and recognition is skipped
     return [text for _box, text, _score in result or []]
@@ -163,8 +169,194 @@ def engine_key(backend: str, image_cfg: ImageConfig | None = None) -> str:
     cfg = image_cfg or ImageConfig()
     if backend == "rapidocr":
         return (f"rapidocr-onnxruntime {importlib.metadata.version('rapidocr-onnxruntime')} det-max{cfg.ocr_max_side} "
-                f"cls{int(cfg.ocr_angle_cls)} rec-w{cfg.ocr_rec_width}")
+                f"cls{int(cfg.ocr_angle_cls)} rec-w{cfg.ocr_rec_width}" + (f" {FOLD_VERSION}" if folds_models(cfg) else ""))
     return "tesseract psm11 eng"
+
+
+# -- rapidocr's models with their per-layer affine blocks folded -----------------------------------
+
+#: Version of :func:`fold_affine_blocks` (part of the engine key and of the cached files' names).
+FOLD_VERSION = "fold-v1"
+#: Largest difference allowed between an original and a folded model's outputs on a random input.
+FOLD_TOLERANCE = 1e-3
+
+
+def _onnx_installed() -> bool:
+    return importlib.util.find_spec("onnx") is not None
+
+
+def folds_models(image_cfg: ImageConfig | None = None) -> bool:
+    """Whether rapidocr runs the folded copies of its models: ``images.ocr_fold_models`` and the ``onnx`` package
+    (which rewrites them) is installed."""
+    return (image_cfg or ImageConfig()).ocr_fold_models and _onnx_installed()
+
+
+def model_cache_dir() -> Path:
+    """Where folded OCR models are kept: ``$XDG_CACHE_HOME/mmrag/ocr-models`` (``~/.cache`` when unset); never the
+    repository or the wheel."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mmrag" / "ocr-models"
+
+
+def rapidocr_model_paths() -> tuple[Path, Path]:
+    """The detection and recognition ONNX files rapidocr loads by default (inside its wheel)."""
+    from rapidocr_onnxruntime.main import DEFAULT_CFG_PATH  # deferred: optional engine
+    from rapidocr_onnxruntime.utils import read_yaml, update_model_path  # deferred: as above
+
+    config = update_model_path(read_yaml(DEFAULT_CFG_PATH))
+    return Path(config["Det"]["model_path"]), Path(config["Rec"]["model_path"])
+
+
+def fold_affine_blocks(model) -> dict[str, int]:
+    """Rewrite ``model`` (an ``onnx.ModelProto`` of PP-OCRv4, exported from PaddlePaddle) in place to compute the
+    same function with fewer passes over each feature map; returns how many of each rewrite were made.
+
+    * ``Constant`` nodes become initializers (the exporter writes every weight as a node).
+    * ``Conv → Mul(s) → Add(t)`` with scalar ``s``, ``t`` (PP-LCNetV3's learnable affine block after each
+      convolution) becomes the convolution alone, weights ``W·s`` and bias ``B·s + t`` (``affine``).
+    * Hard-swish written as four nodes, ``x · Clip(x + 3, 0, 6) / 6``, becomes ``x · HardSigmoid(x)`` with
+      ``alpha = 1/6, beta = 1/2``, the same function (``hardswish``).
+
+    Element-wise nodes were about half of both models' inference time on one thread (onnxruntime 1.32 fuses none
+    of these, whichever side the scalar is on); the folded models' outputs differ by ~1e-6.
+    """
+    from onnx import helper, numpy_helper  # deferred: needed only to build the cached models
+
+    graph = model.graph
+    nodes = []
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = graph.initializer.add()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+        else:
+            nodes.append(node)
+    inits = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+
+    def scalar(name: str) -> float | None:
+        tensor = inits.get(name)
+        if tensor is None:
+            return None
+        value = numpy_helper.to_array(tensor)
+        return float(value.reshape(-1)[0]) if value.size == 1 else None
+
+    def sole_consumer(name: str, op_type: str):
+        found = consumers.get(name, [])
+        return found[0] if len(found) == 1 and name not in outputs and found[0].op_type == op_type else None
+
+    def other_scalar(node, name: str) -> float | None:
+        rest = [i for i in node.input if i != name]
+        return scalar(rest[0]) if len(rest) == 1 else None
+
+    def bypass(last, source: str) -> None:  # consumers of ``last``'s output read ``source`` instead
+        for consumer in consumers.pop(last.output[0], []):
+            consumer.input[:] = [source if i == last.output[0] else i for i in consumer.input]
+            consumers.setdefault(source, []).append(consumer)
+
+    removed: set[int] = set()
+    counts = {"affine": 0, "hardswish": 0}
+    for conv in nodes:
+        if conv.op_type != "Conv" or len(conv.input) != 3 or conv.input[1] not in inits or conv.input[2] not in inits:
+            continue
+        mul = sole_consumer(conv.output[0], "Mul")
+        s = other_scalar(mul, conv.output[0]) if mul is not None else None
+        add = sole_consumer(mul.output[0], "Add") if s is not None else None
+        t = other_scalar(add, mul.output[0]) if add is not None else None
+        if t is None or len(consumers[conv.input[1]]) != 1 or len(consumers[conv.input[2]]) != 1:
+            continue
+        weight, bias = numpy_helper.to_array(inits[conv.input[1]]), numpy_helper.to_array(inits[conv.input[2]])
+        inits[conv.input[1]].CopyFrom(numpy_helper.from_array((weight * s).astype(weight.dtype), conv.input[1]))
+        inits[conv.input[2]].CopyFrom(numpy_helper.from_array((bias * s + t).astype(bias.dtype), conv.input[2]))
+        removed.update((id(mul), id(add)))
+        consumers[conv.output[0]] = []
+        bypass(add, conv.output[0])
+        counts["affine"] += 1
+    for add in nodes:
+        if add.op_type != "Add" or id(add) in removed:
+            continue
+        x = next((i for i in add.input if scalar(i) is None), None)
+        if x is None or other_scalar(add, x) != 3.0:
+            continue
+        clip = sole_consumer(add.output[0], "Clip")
+        if clip is None or len(clip.input) != 3 or (scalar(clip.input[1]), scalar(clip.input[2])) != (0.0, 6.0):
+            continue
+        mul = sole_consumer(clip.output[0], "Mul")
+        div = sole_consumer(mul.output[0], "Div") if mul is not None and x in mul.input else None
+        if div is None or div.input[0] != mul.output[0] or scalar(div.input[1]) != 6.0:
+            continue
+        clip.CopyFrom(helper.make_node("HardSigmoid", [x], [clip.output[0]], name=f"{clip.name}_hardsigmoid",
+                                       alpha=1.0 / 6.0, beta=0.5))  # in the Clip's place: after x, before the Mul
+        mul.output[0] = div.output[0]
+        removed.update((id(add), id(div)))
+        counts["hardswish"] += 1
+    del graph.node[:]
+    graph.node.extend(node for node in nodes if id(node) not in removed)
+    used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return counts
+
+
+def _max_output_difference(original: Path, folded: bytes) -> float:
+    """Largest absolute difference between the two models' outputs on one random input of their input shape."""
+    import numpy as np  # deferred: with onnxruntime, only when a model is built
+    import onnxruntime  # deferred: as above
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    sessions = [onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+                for model in (str(original), folded)]
+    spec = sessions[0].get_inputs()[0]
+    height = 48 if len(sessions[0].get_outputs()[0].shape) == 3 else 64  # recogniser (text lines 48 px high), detector
+    shape = [d if isinstance(d, int) and d > 0 else {2: height, 3: 160}.get(k, 1) for k, d in enumerate(spec.shape)]
+    data = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
+    first, second = (s.run(None, {spec.name: data})[0] for s in sessions)
+    return float(np.abs(first - second).max())
+
+
+def folded_model(source: Path, cache_dir: Path | None = None) -> Path:
+    """The folded copy of the ONNX model ``source`` (:func:`fold_affine_blocks`), built into ``cache_dir``
+    (:func:`model_cache_dir`) on first use and named by ``source``'s sha256, so another model version is
+    another file; when ``cache_dir`` cannot be written, into ``<temp dir>/mmrag-ocr-models-<uid>``. The copy is
+    checked against ``source`` on a random input before it is kept (written to a temporary file, then renamed:
+    processes building it at once each get a whole file)."""
+    import onnx  # deferred: needed only to build the cached models
+
+    data = source.read_bytes()
+    name = f"{source.stem}.{hashlib.sha256(data).hexdigest()[:16]}.{FOLD_VERSION}.onnx"
+    cache = cache_dir or model_cache_dir()
+    # when the cache cannot be written (read-only home): a private temporary folder
+    fallback = Path(tempfile.gettempdir()) / f"mmrag-ocr-models-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    for folder in (cache, fallback):
+        if (folder / name).is_file():
+            return folder / name
+    model = onnx.load_from_string(data)
+    fold_affine_blocks(model)
+    folded = model.SerializeToString()
+    difference = _max_output_difference(source, folded)
+    if difference > FOLD_TOLERANCE:
+        raise RuntimeError(f"folding {source.name} changed its output by {difference:g}; set images.ocr_fold_models "
+                           "to false")
+    try:
+        return _write_atomically(cache / name, folded)
+    except OSError:
+        return _write_atomically(fallback / name, folded)
+
+
+def _write_atomically(target: Path, data: bytes) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=target.name, suffix=".tmp", delete=False) as handle:
+        handle.write(data)
+    os.chmod(handle.name, 0o644)
+    os.replace(handle.name, target)
+    return target
 
 
 # -- a pool of OCR processes -----------------------------------------------------------------
@@ -197,28 +389,82 @@ def default_ocr_workers() -> int:
 class OcrPool:
     """Reads images in ``workers`` processes (spawned: the parent runs threads), one engine thread each;
     ``workers=0`` reads in this process, in the caller's thread. :meth:`submit` returns a future of
-    :func:`read_text`'s result."""
+    :func:`read_text`'s result.
+
+    A worker that dies (killed, out of memory, a crash in the engine) breaks a ``ProcessPoolExecutor`` and
+    fails every image queued on it: the pool is started again and each such image is sent once more
+    (``MAX_ATTEMPTS`` in all); an image still failing then resolves to a ``BrokenProcessPool`` exception,
+    which the caller records as that image's error. The rest of the run goes on with the new pool.
+    """
+
+    MAX_ATTEMPTS = 2
 
     def __init__(self, backend: str, image_cfg: ImageConfig, workers: int):
         self.backend, self.image_cfg, self.workers = backend, image_cfg, workers
+        self.restarts = 0
         self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._closed = False
         if workers > 0:
-            self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_init_worker, initargs=(1,))
+            self._pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(1,))
 
     def submit(self, data: bytes) -> Future:
         """Start reading one image."""
-        if self._pool is not None:
-            return self._pool.submit(read_text, data, self.backend, self.image_cfg)
-        future: Future = Future()
-        future.set_result(read_text(data, self.backend, self.image_cfg))
-        return future
+        if self.workers <= 0:
+            future: Future = Future()
+            future.set_result(read_text(data, self.backend, self.image_cfg))
+            return future
+        outer: Future = Future()
+        self._send(data, outer, 1)
+        return outer
+
+    def _send(self, data: bytes, outer: Future, attempt: int) -> None:
+        with self._lock:
+            if self._closed or self._pool is None:
+                outer.cancel()
+                return
+            pool = self._pool
+            try:
+                inner = pool.submit(read_text, data, self.backend, self.image_cfg)
+            except BrokenProcessPool:
+                pool = self._restart(pool)
+                inner = pool.submit(read_text, data, self.backend, self.image_cfg)
+        inner.add_done_callback(lambda f: self._settle(f, data, outer, attempt, pool))
+
+    def _settle(self, inner: Future, data: bytes, outer: Future, attempt: int, pool: ProcessPoolExecutor) -> None:
+        if inner.cancelled():
+            outer.cancel()
+            return
+        exc = inner.exception()
+        if isinstance(exc, BrokenProcessPool) and attempt < self.MAX_ATTEMPTS and not self._closed:
+            with self._lock:
+                if self._pool is pool:
+                    self._restart(pool)
+            self._send(data, outer, attempt + 1)
+        elif exc is not None:
+            outer.set_exception(exc)
+        else:
+            outer.set_result(inner.result())
+
+    def _restart(self, broken: ProcessPoolExecutor) -> ProcessPoolExecutor:
+        """Replace ``broken`` (called with the lock held); returns the pool to use."""
+        if self._pool is broken:
+            broken.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._start()
+            self.restarts += 1
+        return self._pool
 
     def close(self, *, cancel: bool = False) -> None:
         """Stop the workers (``cancel``: drop images not started yet)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
-            self._pool = None
+        with self._lock:
+            pool, self._pool = self._pool, None
+            self._closed = cancel
+        if pool is not None:
+            pool.shutdown(wait=not cancel, cancel_futures=cancel)
 
 
 def _tesseract_lines(rgb: Image.Image) -> list[str]:

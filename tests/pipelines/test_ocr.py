@@ -54,3 +54,156 @@ def test_no_engine_gives_the_install_commands(monkeypatch):
         ocr_image(words_image("X"))
     with pytest.raises(OcrUnavailable, match=r"'tesseract' is not installed: apt-get install tesseract-ocr"):
         ocr_image(words_image("X"), backend="tesseract")
+
+
+# -- rapidocr's models with their affine blocks folded ------------------------------------------------
+
+
+def affine_hardswish_model(scale: float = 1.5, shift: float = 0.25):
+    """A PP-LCNetV3-like block as PaddlePaddle exports it: weights as Constant nodes, Conv → Mul(scalar first) →
+    Add → hard-swish in four nodes (Add 3, Clip 0..6, Mul, Div 6) → Conv."""
+    onnx = pytest.importorskip("onnx")
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+
+    def const(name, value):
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(value, np.float32), name))
+
+    nodes = [
+        const("w1", rng.normal(size=(4, 3, 3, 3))), const("b1", rng.normal(size=4)),
+        const("s", [scale]), const("t", [shift]), const("three", 3.0), const("zero", 0.0), const("six", 6.0),
+        const("six_d", 6.0), const("w2", rng.normal(size=(2, 4, 1, 1))), const("b2", rng.normal(size=2)),
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["s", "c1"], ["m1"]),
+        helper.make_node("Add", ["m1", "t"], ["a1"]),
+        helper.make_node("Add", ["a1", "three"], ["a3"]),
+        helper.make_node("Clip", ["a3", "zero", "six"], ["clip"]),
+        helper.make_node("Mul", ["a1", "clip"], ["m2"]),
+        helper.make_node("Div", ["m2", "six_d"], ["hswish"]),
+        helper.make_node("Conv", ["hswish", "w2", "b2"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 8, 8])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)], ir_version=7)
+
+
+def run_model(model_bytes: bytes, x):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    return onnxruntime.InferenceSession(model_bytes, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_folding_removes_the_affine_and_hardswish_nodes_and_keeps_the_function():
+    import numpy as np
+
+    model = affine_hardswish_model()
+    before = model.SerializeToString()
+    assert ocr.fold_affine_blocks(model) == {"affine": 1, "hardswish": 1}
+    assert [n.op_type for n in model.graph.node] == ["Conv", "HardSigmoid", "Mul", "Conv"]
+    assert {t.name for t in model.graph.initializer} == {"w1", "b1", "w2", "b2"}  # scalars folded away
+    x = np.random.default_rng(2).uniform(-3, 3, (1, 3, 8, 8)).astype(np.float32)
+    assert np.allclose(run_model(before, x), run_model(model.SerializeToString(), x), atol=1e-4)
+
+
+def test_folded_model_is_built_once_per_source_and_checked(tmp_path, monkeypatch):
+    source = tmp_path / "block.onnx"
+    source.write_bytes(affine_hardswish_model().SerializeToString())
+    cache = tmp_path / "cache"
+    built = ocr.folded_model(source, cache)
+    assert built.parent == cache and built.name.startswith("block.") and built.name.endswith(f".{ocr.FOLD_VERSION}.onnx")
+    assert [p.name for p in cache.iterdir()] == [built.name]  # no temporary file left
+
+    monkeypatch.setattr(ocr, "fold_affine_blocks", lambda model: pytest.fail("rebuilt a cached model"))
+    assert ocr.folded_model(source, cache) == built
+
+    other = tmp_path / "other.onnx"  # another model version: another file, checked before it is kept
+    other.write_bytes(affine_hardswish_model(scale=2.0).SerializeToString())
+
+    def breaks(model):  # a wrong rewrite: the first convolution's weights (a Constant node's raw bytes) zeroed
+        weights = model.graph.node[0].attribute[0].t
+        weights.raw_data = bytes(len(weights.raw_data))
+
+    monkeypatch.setattr(ocr, "fold_affine_blocks", breaks)
+    with pytest.raises(RuntimeError, match="changed its output"):
+        ocr.folded_model(other, cache)
+    assert [p.name for p in cache.iterdir()] == [built.name]
+
+
+def test_engine_key_names_folded_models_only_when_they_run(monkeypatch):
+    from mmrag.config import ImageConfig
+
+    if not ocr_available("rapidocr"):
+        pytest.skip("rapidocr is not installed")
+    monkeypatch.setattr(ocr, "_onnx_installed", lambda: True)
+    folded = ocr.engine_key("rapidocr", ImageConfig())
+    assert folded.endswith(f" {ocr.FOLD_VERSION}")
+    assert ocr.engine_key("rapidocr", ImageConfig(ocr_fold_models=False)) == folded.removesuffix(f" {ocr.FOLD_VERSION}")
+    monkeypatch.setattr(ocr, "_onnx_installed", lambda: False)  # no onnx: the original models run, and the key says so
+    assert not ocr.folds_models(ImageConfig()) and ocr.FOLD_VERSION not in ocr.engine_key("rapidocr", ImageConfig())
+
+
+def test_rapidocr_with_folded_models_reads_the_same_words(tmp_path, monkeypatch):
+    from mmrag.config import ImageConfig
+
+    if not ocr_available("rapidocr"):
+        pytest.skip("rapidocr is not installed")
+    pytest.importorskip("onnx")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    ocr._rapidocr_engine.cache_clear()  # an engine made by an earlier test would not build the models here
+    image = words_image("KERNEL STRIDE 42")
+    try:
+        folded = ocr_image(image, backend="rapidocr", image_cfg=ImageConfig(ocr_fold_models=True))
+    finally:
+        ocr._rapidocr_engine.cache_clear()
+    original = ocr_image(image, backend="rapidocr", image_cfg=ImageConfig(ocr_fold_models=False))
+    assert folded == original and "KERNEL" in folded.upper() and "42" in folded
+    assert sorted(p.name.split(".")[0] for p in ocr.model_cache_dir().iterdir()) == [
+        "ch_PP-OCRv4_det_infer", "ch_PP-OCRv4_rec_infer"]
+
+
+def test_folded_model_goes_to_a_temporary_folder_when_the_cache_cannot_be_written(tmp_path, monkeypatch):
+    source = tmp_path / "block.onnx"
+    source.write_bytes(affine_hardswish_model().SerializeToString())
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache folder should be")
+    monkeypatch.setattr(ocr.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    built = ocr.folded_model(source, not_a_folder)
+    assert built.parent.parent == tmp_path / "tmp" and built.parent.name.startswith("mmrag-ocr-models-")
+    monkeypatch.setattr(ocr, "fold_affine_blocks", lambda model: pytest.fail("rebuilt a model kept in the fallback"))
+    assert ocr.folded_model(source, not_a_folder) == built
+
+
+# -- the worker pool ---------------------------------------------------------------------------------
+
+
+def test_pool_survives_a_killed_worker_and_reads_every_image():
+    """SIGKILL the OCR worker while images are queued: the pool starts again, every image is read once more."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    from mmrag.config import ImageConfig
+
+    if not ocr_available("rapidocr"):
+        pytest.skip("rapidocr is not installed")
+    pool = ocr.OcrPool("rapidocr", ImageConfig(), workers=1)
+    try:
+        words = ["ALPHA", "BRAVO", "CHARLIE", "DELTA"]
+        futures = [pool.submit(png_bytes(words_image(w))) for w in words]
+        deadline = time.monotonic() + 30
+        while not psutil.Process().children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
+        assert workers, "no OCR worker process started"
+        for worker in workers:
+            os.kill(worker.pid, signal.SIGKILL)
+        results = [f.result(timeout=120) for f in futures]
+        assert pool.restarts == 1
+        assert [w in (text or "").upper() for (text, _error, _s), w in zip(results, words)] == [True] * 4
+        again = pool.submit(png_bytes(words_image("ECHO"))).result(timeout=60)  # the new pool keeps serving
+        assert "ECHO" in again[0].upper()
+    finally:
+        pool.close(cancel=True)

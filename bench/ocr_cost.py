@@ -1,0 +1,131 @@
+"""OCR's cost per image and words found, against full-size OCR measured in the same run on the same images.
+
+The images are the distinct decoded images of an index database: ``--db`` (e.g. the ``db-ocr`` that
+``bench.first_index --workdir DIR`` leaves), else the 14 colah posts (``../shared/corpora/colah``), indexed
+first with OCR off into a temporary database. Each variant reads every image once, one after the other,
+with one engine thread (as an OCR worker process does), after a warm-up image; cost is this process's CPU
+seconds (the machine may be shared, so wall seconds are printed too but not used for ratios).
+
+Variants (``ImageConfig`` fields):
+
+* ``reference`` — full-size OCR as before issue #15 (``bench.first_index.REFERENCE_OCR``: rapidocr's own
+  detection size, the 180° classifier, recognition padded to 320 px); every ratio is against it;
+* ``unfolded`` — today's defaults with rapidocr's original models (``ocr_fold_models: false``);
+* ``default`` — today's defaults;
+* any ``--variant NAME:field=value,field=value``.
+
+Words found: the multiset of lower-cased alphanumeric words of 2+ characters of the reference text found
+in the variant's text, summed over images (``bench.first_index.words_found``).
+
+    .venv/bin/python -m bench.ocr_cost                                  # about 7 min on 2 idle cores
+    .venv/bin/python -m bench.ocr_cost --db /tmp/fi-bench/db-ocr --variant cap1600:ocr_max_side=1600
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from bench._run import index, isolate_prefect
+from bench.first_index import REFERENCE_OCR, load_average, words_found
+from bench.machine import machine_info
+from bench.retrieval_quality import CORPUS, serve
+
+
+def image_blobs(db: Path) -> dict[str, bytes]:
+    """The distinct images of ``db`` that decoded (``status == "ok"``), by sha256."""
+    from mmrag.pipelines import store  # deferred: after isolate_prefect()
+
+    s = store.IndexStore(str(db))
+    rows = s.read_table(store.images_table_name("minilm"), ["image_sha256", "status"]).to_pylist()
+    shas = {r["image_sha256"] for r in rows if r["status"] == "ok" and r["image_sha256"]}
+    found = s.read_where(store.IMAGE_BLOBS, ["sha256", "data"], "sha256", shas).to_pylist()
+    return {r["sha256"]: r["data"] for r in sorted(found, key=lambda r: r["sha256"])}
+
+
+def colah_blobs(work: Path) -> dict[str, bytes]:
+    """Index the colah posts with OCR off into ``work`` and return their images."""
+    server, base_url = serve(CORPUS, 0)
+    try:
+        sources = [f"{base_url}/posts/{p.name}/" for p in sorted((CORPUS / "posts").iterdir()) if p.is_dir()]
+        index(sources, work, "db-ocr-cost", **{"images.ocr": False})
+    finally:
+        server.shutdown()
+    return image_blobs(work / "db-ocr-cost")
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``NAME:field=value,field=value`` → (name, settings); values are read as int, bool or text."""
+    name, _, fields = text.partition(":")
+    settings = {}
+    for item in filter(None, fields.split(",")):
+        key, _, value = item.partition("=")
+        settings[key.strip()] = (int(value) if value.strip().lstrip("-").isdigit()
+                                 else {"true": True, "false": False}.get(value.strip().lower(), value.strip()))
+    return name, settings
+
+
+def measure(blobs: dict[str, bytes], settings: dict) -> tuple[float, float, dict[str, str]]:
+    """(CPU s, wall s, text by sha256) of reading every image with ``settings``, one engine thread."""
+    from mmrag.config import ImageConfig  # deferred: after isolate_prefect()
+    from mmrag.pipelines import ocr
+
+    ocr._init_worker(1)  # noqa: SLF001 - what OcrPool's worker processes run: one engine thread
+    cfg = ImageConfig(**settings)
+    backend = ocr.resolve_backend(cfg.ocr_backend)
+    ocr.ocr_image(next(iter(blobs.values())), backend=backend, image_cfg=cfg)  # warm-up: models loaded (or built)
+    texts = {}
+    cpu_started, wall_started = time.process_time(), time.perf_counter()
+    for sha, data in blobs.items():
+        try:
+            texts[sha] = ocr.ocr_image(data, backend=backend, image_cfg=cfg)
+        except (ValueError, RuntimeError):
+            texts[sha] = ""
+    return time.process_time() - cpu_started, time.perf_counter() - wall_started, texts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", type=Path, default=None, help="index database whose images are read (default: colah)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:field=value,...",
+                        help="another setting to measure (ImageConfig fields); repeatable")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N images (by sha256)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    work = isolate_prefect()
+    if args.db is None and not (CORPUS / "posts").is_dir():
+        print(f"skipped: no --db and the colah corpus is not at {CORPUS}")
+        return 2
+    print(f"{machine_info()}\nload average at start: {load_average()}", flush=True)
+    blobs = image_blobs(args.db) if args.db else colah_blobs(work)
+    if args.limit:
+        blobs = dict(list(blobs.items())[: args.limit])
+    from mmrag.config import ImageConfig  # deferred: after isolate_prefect()
+    from mmrag.pipelines.ocr import engine_key, resolve_backend
+
+    backend = resolve_backend("auto")
+    variants = [("reference", dict(REFERENCE_OCR)), ("unfolded", {"ocr_fold_models": False}), ("default", {})]
+    variants += [parse_variant(v) for v in args.variant]
+    print(f"{len(blobs)} distinct decoded images; one engine thread; CPU seconds of this process", flush=True)
+    reference_cpu, reference_texts = None, None
+    lines = ["| variant | engine key | CPU s | s/image | cost ratio reference / variant | words found | wall s |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for name, settings in variants:
+        cpu, wall, texts = measure(blobs, settings)
+        if reference_cpu is None:
+            reference_cpu, reference_texts = cpu, texts
+        hit, total = words_found(reference_texts, texts)
+        key = engine_key(backend, ImageConfig(**settings))
+        line = (f"| {name} | `{key}` | {cpu:.1f} | {cpu / len(blobs):.3f} | {reference_cpu / cpu:.2f} | "
+                f"{hit / total if total else 1.0:.3f} | {wall:.1f} |")
+        lines.append(line)
+        print(line, flush=True)
+    print(f"\nreference words: {total}; load average at end: {load_average()}\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
