@@ -23,7 +23,10 @@ reason in ``judge_error``; the answer row is kept. ``judge_s``, ``judge_tokens_i
 **Repeats and spread.** With ``eval.judge_repeats: N`` every metric is asked N times per answer; the
 column holds the mean of the repeats that gave a value and ``<metric>_std`` their sample standard
 deviation (null with fewer than two values). At ragas' near-greedy ``judge_temperature`` 0.01 the
-repeats of a local model mostly agree; a higher temperature shows how unstable the verdict is.
+repeats of a local model mostly agree; a higher temperature shows how unstable the verdict is, but
+only with ``judge_top_p`` raised too: ragas' default top_p 0.1 keeps only the likeliest tokens, and
+the embedded model then repeats its greedy verdict at temperature 0.7 (bench/RESULTS.md
+"generated_set_agreement").
 
 **Cache.** Each verdict (one metric, one repeat) is stored in a JSON Lines file (:class:`JudgeCache`,
 ``eval.judge_cache``; by default ``judge-cache.jsonl`` beside the run directories) keyed by the judge
@@ -66,6 +69,8 @@ JUDGE_COLUMNS = ("faithfulness", "answer_relevancy", "multimodal_faithfulness", 
 JUDGE_SPREAD_COLUMNS = tuple(f"{c}_std" for c in JUDGE_COLUMNS)
 JUDGE_INFO_COLUMNS = ("judge", "judge_error", "judge_s", "judge_tokens_in", "judge_tokens_out", "judge_repeats", "judge_cached")
 CACHE_FILE = "judge-cache.jsonl"
+#: ragas' InstructorModelArgs default top_p (the eval.judge_top_p default).
+RAGAS_TOP_P = 0.1
 
 
 @dataclass(frozen=True)
@@ -139,7 +144,7 @@ def judge_llm(client: Any, model: str, settings: EvalConfig) -> tuple[Any, Token
     patched = instructor.from_openai(client, mode=mode)
     meter = TokenMeter()
     patched.on("completion:response", meter.add)
-    args = InstructorModelArgs(max_tokens=settings.judge_max_tokens, temperature=settings.judge_temperature)
+    args = InstructorModelArgs(max_tokens=settings.judge_max_tokens, temperature=settings.judge_temperature, top_p=settings.judge_top_p)
     llm = InstructorLLM(client=patched, model=model, provider="openai", model_args=args, max_retries=settings.judge_max_retries)
     return llm, meter
 
@@ -248,11 +253,14 @@ def prompt_hash(metric: Any) -> str:
 
 def verdict_key(*, judge: str, prompt: str, metric: str, question: str, answer: str, contexts: Sequence[str],
                 images: Sequence[str], reference: str | None, repeat: int, settings: EvalConfig) -> str:
-    """Cache key of one verdict (images by the SHA-256 of their ``data:`` URLs; output mode, budget and temperature included)."""
+    """Cache key of one verdict (images by the SHA-256 of their ``data:`` URLs; output mode, budget, temperature and top_p
+    included; top_p only when it is not ragas' default 0.1, so verdicts cached before it was a setting keep their keys)."""
+    sampling = {"top_p": settings.judge_top_p} if settings.judge_top_p != RAGAS_TOP_P else {}
     return sha256_hex(json.dumps({
         "judge": judge, "prompt": prompt, "metric": metric, "question": question, "answer": answer,
         "contexts": list(contexts), "images": [sha256_hex(i) for i in images], "reference": reference, "repeat": repeat,
         "output": settings.judge_output, "max_tokens": settings.judge_max_tokens, "temperature": settings.judge_temperature,
+        **sampling,
     }, sort_keys=True, ensure_ascii=False))
 
 

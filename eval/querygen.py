@@ -363,8 +363,9 @@ class GenerateSummary:
 
     @property
     def survival(self) -> float | None:
-        """Share of candidates that survived every filter."""
-        return round(self.kept / self.candidates, 3) if self.candidates else None
+        """Share of candidates that survived every filter (the kept ones and the surplus over n: kept alone could never
+        exceed n / candidates, which the oversampling keeps near 2/3)."""
+        return round((self.kept + self.surplus) / self.candidates, 3) if self.candidates else None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (derived figures included)."""
@@ -512,9 +513,6 @@ def generate_entries(
     chunk_texts = [normalise_text(c.get("text") or "") for c in rows.chunks]
     surrogates = [normalise_text(r.get("surrogate_text") or "") for r in rows.images]
     for c in candidates:
-        if len(entries) >= n:  # asked for more than n against the filters; these were not needed
-            summary.surplus += 1
-            continue
         entry_id = f"gen-{next_id:03d}"
         fields: dict[str, Any] = {"relevant": [c.label]} if c.kind == TEXT_KIND else {"relevant_images": [c.label]}
         entry = EvalEntry(id=entry_id, query=c.question, kind=c.kind, reference_answer=c.answer, generated=c.kind,
@@ -522,6 +520,9 @@ def generate_entries(
         match = (match_text_label(entry.relevant[0], corpus) if c.kind == TEXT_KIND else match_image_label(entry.relevant_images[0], corpus))
         if not match.ok:
             summary.unresolved += 1
+            continue
+        if len(entries) >= n:  # passed every filter, but more than n were asked for against the filters: not needed
+            summary.surplus += 1
             continue
         needle = normalise_text(c.question)
         leaked = any(needle in t for t in chunk_texts) or any(needle in s for s in surrogates)

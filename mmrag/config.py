@@ -476,6 +476,10 @@ class EvalConfig(_Section):
     judge_temperature: float = Field(
         0.01, ge=0, le=2, description="judge sampling temperature (ragas' default 0.01 is near-greedy: repeats then mostly agree)"
     )
+    judge_top_p: float = Field(
+        0.1, gt=0, le=1, description="judge nucleus sampling (ragas' default 0.1: only the likeliest tokens, so a higher "
+        "judge_temperature alone changes nothing; 1.0 lets the temperature act)"
+    )
     judge_cache: str | None = Field(
         None, description="JSON Lines file of cached judge verdicts, keyed by judge model, prompt hash, metric, question, "
         "answer, contexts, reference and repeat; default: judge-cache.jsonl beside the run directories; 'none': no cache"

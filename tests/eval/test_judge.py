@@ -260,3 +260,25 @@ def test_a_failed_verdict_is_not_cached(minilm, tmp_path):
     assert len(nli) == 4  # asked again on the rerun: failures are not cached
     assert row["faithfulness"] is None and row["judge_cached"] == 2  # the answer relevancy verdicts were
     assert "faithfulness: repeat 1/2: " in row["judge_error"] and "faithfulness: repeat 2/2: " in row["judge_error"]
+
+
+def test_temperature_and_top_p_reach_the_judge_and_top_p_keys_the_cache_only_off_default(minilm):
+    """ragas' default top_p 0.1 makes a higher temperature ineffective; eval.judge_top_p is sent, and changes the
+    verdict keys only when it differs from that default (caches written before the setting keep their keys)."""
+    from mmrag.eval.judge import verdict_key
+
+    bodies = {}
+    with serve_fake_llm({"judge": FakeModel()}) as fake:
+        fake.reply_for = _script(REPLIES, [])
+        for name, settings in (("default", EvalConfig()), ("open", EvalConfig(judge_temperature=0.7, judge_top_p=1.0))):
+            judge_rows(_rows()[:1], [[CONTEXT]], [[]], spec=JudgeSpec("openai", "judge", fake.url + "/v1"), llm_config=LlmConfig(),
+                       settings=settings, embed=minilm.embed_texts)
+            bodies[name] = fake.chat_requests("/v1/chat/completions")[-1].body
+    assert bodies["default"]["temperature"] == 0.01 and bodies["default"]["top_p"] == 0.1
+    assert bodies["open"]["temperature"] == 0.7 and bodies["open"]["top_p"] == 1.0
+
+    def key(settings):
+        return verdict_key(judge="j", prompt="p", metric="faithfulness", question="q", answer="a", contexts=["c"], images=[],
+                           reference=None, repeat=0, settings=settings)
+
+    assert key(EvalConfig()) == key(EvalConfig(judge_top_p=0.1)) != key(EvalConfig(judge_top_p=1.0))

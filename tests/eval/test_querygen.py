@@ -143,6 +143,8 @@ def test_generate_writes_a_checked_set_with_provenance_counts_and_a_cache(runs, 
         assert summary["unparsed"] >= 1 and summary["rewritten"] >= 1 and summary["duplicate"] >= 1 and summary["unanswerable"] >= 1
         assert summary["llm_calls"] == len(requests) and summary["s_per_question"] > 0
         assert 0 < summary["survival"] <= 1
+        # survival counts every candidate that passed the filters, also the surplus over n (kept alone is capped at n)
+        assert summary["survival"] == round((summary["kept"] + summary["surplus"]) / summary["candidates"], 3)
         # figures went with their pixels; the judge saw only evidence and question
         figure_bodies = [r.body for r in requests if "A figure in this section" in json.dumps(r.body)]
         assert figure_bodies and all(any(p.get("type") == "image_url" for p in b["messages"][-1]["content"]) for b in figure_bodies)
