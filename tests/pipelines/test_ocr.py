@@ -189,17 +189,21 @@ def test_pool_survives_a_killed_worker_and_reads_every_image():
 
     if not ocr_available("rapidocr"):
         pytest.skip("rapidocr is not installed")
+    def spawned() -> set[int]:
+        return {p.pid for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())}
+
+    before = spawned()  # other tests' processes are not this pool's worker
     pool = ocr.OcrPool("rapidocr", ImageConfig(), workers=1)
     try:
         words = ["ALPHA", "BRAVO", "CHARLIE", "DELTA"]
         futures = [pool.submit(png_bytes(words_image(w))) for w in words]
         deadline = time.monotonic() + 30
-        while not psutil.Process().children() and time.monotonic() < deadline:
+        while not spawned() - before and time.monotonic() < deadline:
             time.sleep(0.05)
-        workers = [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
+        workers = spawned() - before
         assert workers, "no OCR worker process started"
-        for worker in workers:
-            os.kill(worker.pid, signal.SIGKILL)
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
         results = [f.result(timeout=120) for f in futures]
         assert pool.restarts == 1
         assert [w in (text or "").upper() for (text, _error, _s), w in zip(results, words)] == [True] * 4
