@@ -108,6 +108,11 @@ class OcrState:
         if self.bar is not None:
             self.bar.advance(1)
 
+    def busy_workers(self) -> int:
+        """OCR worker processes reading an image right now (at most ``workers``; 0 when nothing is in flight)."""
+        in_flight = sum(not future.done() for future in list(self.pending.values()))
+        return min(self.workers, in_flight)
+
     @property
     def busy_s(self) -> float:
         """Wall seconds from the first image sent to the workers to the last result (0 when none was)."""

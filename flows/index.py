@@ -369,13 +369,19 @@ class BatchSizer:
         self.last = now
 
 
-def _apply_torch_threads(config: MmragConfig) -> None:
-    """``ops.torch_threads`` (default: one per core) once torch is loaded by the embedder."""
+def _apply_torch_threads(config: MmragConfig, ocr: OcrState | None = None) -> None:
+    """Torch threads for the next embedding: ``ops.torch_threads`` when set; otherwise one per core, less one per
+    OCR worker busy right now. OCR processes beside a full set of torch threads oversubscribe the cores, and
+    torch's threads then wait at barriers (bench/RESULTS.md, first_index)."""
     torch = sys.modules.get("torch")
-    if torch is not None:
-        wanted = config.ops.torch_threads or os.cpu_count() or 1
-        if torch.get_num_threads() != wanted:
-            torch.set_num_threads(wanted)
+    if torch is None:
+        return
+    wanted = config.ops.torch_threads
+    if not wanted:
+        busy = ocr.busy_workers() if ocr is not None and ocr.enabled else 0
+        wanted = max(1, (os.cpu_count() or 1) - busy)
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
 
 
 def _prepare_batch(
@@ -455,11 +461,13 @@ class _EmbeddedImages:
 
 
 def _embed_chunks(prepared: _Prepared, embedder: Embedder, index_store: store.IndexStore, chunk_table: str,
-                  config: MmragConfig, summary: IndexSummary, progress: Progress) -> _EmbeddedChunks:
+                  config: MmragConfig, summary: IndexSummary, progress: Progress,
+                  ocr: OcrState | None = None) -> _EmbeddedChunks:
     """Plan the batch's chunks against the stored rows and embed the new ones (stored vectors of the same text reused)."""
     good_urls = {p.target.url for p in prepared.good}
     chunks = [c for p in prepared.good for c in p.chunks]
     plan = incremental.plan_chunks(chunks, {u: rows_ for u, rows_ in prepared.stored_chunks.items() if u in good_urls})
+    _apply_torch_threads(config, ocr)
     with summary.timed("embed"):
         vectors, reused = vectors_for([c.content_hash for c in plan.new], [c.search_text for c in plan.new], chunk_table,
                                       "content_hash", embedder, index_store, config, progress, "embed chunks")
@@ -484,6 +492,7 @@ def _embed_images(prepared: _Prepared, embedder: Embedder, index_store: store.In
     good_urls = {p.target.url for p in prepared.good}
     stored = {iid: row for u, rows_ in prepared.stored_images.items() if u in good_urls for iid, row in rows_.items()}
     plan = incremental.plan_images(occurrences, stored)
+    _apply_torch_threads(config, ocr)
     with summary.timed("embed"):
         vectors = image_vectors(plan.changed, embedder, index_store, image_table, config, summary, progress)
     summary.count_stage("embed", len(plan.changed) - vectors.reused)
@@ -581,7 +590,7 @@ def _finish_batch(
 ) -> None:
     """Embed the batch's chunks (while the OCR workers read its images), collect OCR text and captions, embed the
     changed images, commit, and fold the stage records into the summary."""
-    chunks = _embed_chunks(prepared, embedder, index_store, chunk_table, config, summary, progress)
+    chunks = _embed_chunks(prepared, embedder, index_store, chunk_table, config, summary, progress, ocr)
     images = _embed_images(prepared, embedder, index_store, image_table, config, summary, progress, ocr, captioning)
     with summary.timed("write"):
         blobs_new, written, retired = write_batch(prepared, chunks, images, index_store, chunk_table, image_table,

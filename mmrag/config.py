@@ -380,7 +380,8 @@ class OpsConfig(_Section):
         "pages): a killed run loses at most about one batch of work (OCR results are saved per image regardless)",
     )
     torch_threads: int | None = Field(
-        None, ge=1, le=1024, description="torch CPU threads for embedding; default: one per core"
+        None, ge=1, le=1024,
+        description="torch CPU threads for embedding; default: one per core, less one per OCR worker busy at the time"
     )
     progress_log_s: float = Field(
         30.0, ge=0,
