@@ -340,6 +340,11 @@ class _Prepared:
     good: list[ParsedPage]
     occurrences: list[rows.ImageOccurrence]
 
+    @property
+    def good_urls(self) -> set[str]:
+        """URLs of the batch's pages that parsed (their stored rows are diffed against the new ones)."""
+        return {p.target.url for p in self.good}
+
 
 class BatchSizer:
     """Pages per batch so that one batch takes about ``target_s`` (between 1 and ``max_pages``): the first batch
@@ -426,7 +431,6 @@ def _prepare_batch(
 
     if to_parse:
         load_now(embedder)  # a lazy embedder loads here, timed as its own stage, not inside the first parse task
-        _apply_torch_threads(config)
     with summary.timed("parse_chunk"):
         pages: list[ParsedPage] = [f.result() for f in [parse_page.submit(t, r, embedder, config) for t, r in to_parse]]
     summary.count_stage("parse_chunk", len(to_parse))
@@ -464,8 +468,7 @@ def _embed_chunks(prepared: _Prepared, embedder: Embedder, index_store: store.In
                   config: MmragConfig, summary: IndexSummary, progress: Progress,
                   ocr: OcrState | None = None) -> _EmbeddedChunks:
     """Plan the batch's chunks against the stored rows and embed the new ones (stored vectors of the same text reused)."""
-    good_urls = {p.target.url for p in prepared.good}
-    chunks = [c for p in prepared.good for c in p.chunks]
+    chunks, good_urls = [c for p in prepared.good for c in p.chunks], prepared.good_urls
     plan = incremental.plan_chunks(chunks, {u: rows_ for u, rows_ in prepared.stored_chunks.items() if u in good_urls})
     _apply_torch_threads(config, ocr)
     with summary.timed("embed"):
@@ -489,7 +492,7 @@ def _embed_images(prepared: _Prepared, embedder: Embedder, index_store: store.In
     if captioning is not None and captioning.enabled:
         with summary.timed("captions"):
             occurrences = caption_missing_images(occurrences, captioning, index_store, config, summary, progress)
-    good_urls = {p.target.url for p in prepared.good}
+    good_urls = prepared.good_urls
     stored = {iid: row for u, rows_ in prepared.stored_images.items() if u in good_urls for iid, row in rows_.items()}
     plan = incremental.plan_images(occurrences, stored)
     _apply_torch_threads(config, ocr)
