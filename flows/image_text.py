@@ -9,6 +9,8 @@ page's own caption (``generated_caption``), so eval labels never treat it as aut
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import threading
 import time
 from concurrent.futures import Future, wait
@@ -148,6 +150,21 @@ class OcrState:
         self.save()
 
 
+def apply_torch_threads(config: MmragConfig, ocr: OcrState | None = None) -> None:
+    """Torch threads for the next embedding: ``ops.torch_threads`` when set; otherwise one per core, less one per
+    OCR worker busy right now. OCR processes beside a full set of torch threads oversubscribe the cores, and
+    torch's threads then wait at barriers (bench/RESULTS.md, first_index)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    wanted = config.ops.torch_threads
+    if not wanted:
+        busy = ocr.busy_workers() if ocr is not None and ocr.enabled else 0
+        wanted = max(1, (os.cpu_count() or 1) - busy)
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
+
+
 def start_ocr(config: MmragConfig, summary: IndexSummary, index_store: store.IndexStore | None = None) -> OcrState:
     """The run's :class:`OcrState`; when ``images.ocr`` is on but no engine is installed, the summary says so once."""
     if not config.images.ocr:
@@ -166,10 +183,11 @@ def start_ocr(config: MmragConfig, summary: IndexSummary, index_store: store.Ind
 
 
 def submit_image_text(occurrences: list[rows.ImageOccurrence], ocr: OcrState, index_store: store.IndexStore,
-                      summary: IndexSummary, progress: Progress) -> None:
+                      summary: IndexSummary, progress: Progress, *, read_new: bool = True) -> None:
     """Start OCR of the decoded images of ``occurrences`` not read yet (returns at once): text read earlier in
     this run or being read is reused, then a stored ``ocr_results`` row of the same engine key, then the
-    ``ocr_text`` of a row of any image table (same sha256); the rest go to the OCR workers."""
+    ``ocr_text`` of a row of any image table (same sha256); the rest go to the OCR workers, unless ``read_new``
+    is false (``images.ocr_deferred``: they are left for the enrichment pass)."""
     if not ocr.enabled:
         return
     readable = {o.info.sha256: o for o in occurrences if o.status == "ok" and o.data is not None and o.info}
@@ -181,7 +199,7 @@ def submit_image_text(occurrences: list[rows.ImageOccurrence], ocr: OcrState, in
         ocr.texts.update(stored)
     summary.ocr_reused += len(stored)
     todo = {sha: readable[sha].data for sha in new if sha not in stored}
-    if todo:
+    if todo and read_new:
         if ocr.bar is None:
             ocr.bar = progress.bar("ocr images", total=len(todo))
         else:
@@ -192,7 +210,8 @@ def submit_image_text(occurrences: list[rows.ImageOccurrence], ocr: OcrState, in
 
 def collect_image_text(occurrences: list[rows.ImageOccurrence], ocr: OcrState, summary: IndexSummary) -> list[rows.ImageOccurrence]:
     """``occurrences`` with ``ocr_text`` filled for images that decoded, waiting for the ones still being read;
-    an image OCR could not read is recorded once as an ``ocr_error`` failure."""
+    an image OCR could not read is recorded once as an ``ocr_error`` failure. An image never sent to the workers
+    (``images.ocr_deferred``) is marked ``ocr_pending``."""
     if not ocr.enabled:
         return occurrences
     readable = {o.info.sha256: o for o in occurrences if o.status == "ok" and o.data is not None and o.info}
@@ -204,7 +223,11 @@ def collect_image_text(occurrences: list[rows.ImageOccurrence], ocr: OcrState, s
             if sha in ocr.errors:
                 summary.add_failure("image", readable[sha].ref.src, "ocr_error", ocr.errors[sha])
     summary.ocr_seconds = round(ocr.seconds, 3)
-    return [dataclasses.replace(o, ocr_text=ocr.texts.get(o.info.sha256))
+    def read(sha: str) -> dict:
+        pending = sha not in ocr.texts and sha not in ocr.errors
+        return {"ocr_text": ocr.texts.get(sha), "ocr_pending": pending}
+
+    return [dataclasses.replace(o, **read(o.info.sha256))
             if o.status == "ok" and o.info and o.info.sha256 in readable else o for o in occurrences]
 
 

@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
-import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -57,8 +55,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from mmrag.flows.embedding import PIXELS, ImageVectors, image_vectors, vectors_for
-from mmrag.flows.image_text import (CaptionState, OcrState, caption_missing_images, collect_image_text, start_captioning,
-                                    start_ocr, submit_image_text)
+from mmrag.flows.enrich import enrich_pending_ocr
+from mmrag.flows.image_text import (CaptionState, OcrState, apply_torch_threads, caption_missing_images, collect_image_text,
+                                    start_captioning, start_ocr, submit_image_text)
 from mmrag.config import MmragConfig
 from mmrag.progress import Progress, quiet_libraries
 from mmrag.records import Chunk, FetchResult, ParsedDocument, sha256_hex
@@ -269,6 +268,9 @@ def _index_run(sources: list[str], config: MmragConfig, run_id: str) -> dict:
                     pages_bar.advance(len(prepared.batch))
                 prepared = following
             pages_bar.close()
+            summary.pages_committed_s = round((datetime.now(timezone.utc) - started).total_seconds(), 3)
+            # Rows committed before their OCR (images.ocr_deferred, this run or one that stopped early).
+            enrich_pending_ocr(index_store, image_table, shared_embedder, ocr, config, summary, progress, run_id)
             _retire_dropped(sources, targets, source_errors, index_store, chunk_table, image_table, config, summary, run_id)
         finally:
             ocr.close(cancel=True)  # on any exit (SIGTERM too): keep every OCR result that arrived
@@ -276,6 +278,8 @@ def _index_run(sources: list[str], config: MmragConfig, run_id: str) -> dict:
                 handle.release()
     progress.stop()
     summary.ocr_seconds = round(ocr.seconds, 3)
+    if ocr.enabled:
+        summary.ocr_pending_left = len(index_store.ocr_pending_rows(image_table))
     if ocr.busy_s:  # the OCR stage's rate: images read per second of the time the workers were busy
         summary.stage_items["ocr"] = summary.ocr_images
         summary.stage_rate["ocr"] = round(ocr.read / ocr.busy_s, 2)
@@ -374,21 +378,6 @@ class BatchSizer:
         self.last = now
 
 
-def _apply_torch_threads(config: MmragConfig, ocr: OcrState | None = None) -> None:
-    """Torch threads for the next embedding: ``ops.torch_threads`` when set; otherwise one per core, less one per
-    OCR worker busy right now. OCR processes beside a full set of torch threads oversubscribe the cores, and
-    torch's threads then wait at barriers (bench/RESULTS.md, first_index)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return
-    wanted = config.ops.torch_threads
-    if not wanted:
-        busy = ocr.busy_workers() if ocr is not None and ocr.enabled else 0
-        wanted = max(1, (os.cpu_count() or 1) - busy)
-    if torch.get_num_threads() != wanted:
-        torch.set_num_threads(wanted)
-
-
 def _prepare_batch(
     batch: Sequence[PageTarget],
     fetcher: Fetcher,
@@ -441,7 +430,7 @@ def _prepare_batch(
     summary.count_stage("images", len(occurrences))
     if ocr is not None and ocr.enabled:
         with summary.timed("ocr"):
-            submit_image_text(occurrences, ocr, index_store, summary, progress)
+            submit_image_text(occurrences, ocr, index_store, summary, progress, read_new=not config.images.ocr_deferred)
     return _Prepared(batch, now, previous_docs, stored_chunks, stored_images, unchanged, gone, pages, good, occurrences)
 
 
@@ -470,7 +459,7 @@ def _embed_chunks(prepared: _Prepared, embedder: Embedder, index_store: store.In
     """Plan the batch's chunks against the stored rows and embed the new ones (stored vectors of the same text reused)."""
     chunks, good_urls = [c for p in prepared.good for c in p.chunks], prepared.good_urls
     plan = incremental.plan_chunks(chunks, {u: rows_ for u, rows_ in prepared.stored_chunks.items() if u in good_urls})
-    _apply_torch_threads(config, ocr)
+    apply_torch_threads(config, ocr)
     with summary.timed("embed"):
         vectors, reused = vectors_for([c.content_hash for c in plan.new], [c.search_text for c in plan.new], chunk_table,
                                       "content_hash", embedder, index_store, config, progress, "embed chunks")
@@ -495,7 +484,8 @@ def _embed_images(prepared: _Prepared, embedder: Embedder, index_store: store.In
     good_urls = prepared.good_urls
     stored = {iid: row for u, rows_ in prepared.stored_images.items() if u in good_urls for iid, row in rows_.items()}
     plan = incremental.plan_images(occurrences, stored)
-    _apply_torch_threads(config, ocr)
+    summary.ocr_pending_written += sum(o.ocr_pending for o in plan.changed)
+    apply_torch_threads(config, ocr)
     with summary.timed("embed"):
         vectors = image_vectors(plan.changed, embedder, index_store, image_table, config, summary, progress)
     summary.count_stage("embed", len(plan.changed) - vectors.reused)

@@ -142,6 +142,14 @@ class ImageConfig(_Section):
         "affine block folded into its weights and hard-swish as one node (same outputs to ~1e-6, less CPU time: "
         "bench/RESULTS.md, ocr_cost); built once into $XDG_CACHE_HOME/mmrag/ocr-models (needs the onnx package); part of the result key",
     )
+    ocr_deferred: bool = Field(
+        False,
+        description="OCR after the pages: every batch is committed without waiting for OCR (image rows with text not "
+        "read yet are marked ocr_pending and searchable by caption and context), then the run reads those images "
+        "on every core and re-embeds only their rows. A run that stops first leaves them pending; the next run with "
+        "OCR on finishes them, reusing every result saved. Off: each batch waits for its images' OCR, which runs "
+        "beside the embedding",
+    )
     ocr_workers: int | None = Field(
         None, ge=0, le=256,
         description="OCR processes running beside the rest of the run (one engine thread each); 0: OCR in the run's "

@@ -32,6 +32,7 @@ class ImageOccurrence:
     data: bytes | None = None
     published: str | None = None  # the page's publication date (YYYY-MM-DD)
     ocr_text: str | None = None  # text read from the pixels; None when OCR did not run
+    ocr_pending: bool = False  # images.ocr_deferred: written before OCR read it; the enrichment pass will
     generated_caption: str | None = None  # a vision model's caption (caption enrichment); never the page's own caption
     nearby_text: str = ""  # the page's text around the image, when images.surrogate_context asks for it
 
@@ -184,7 +185,9 @@ def images_table(occurrences: Sequence[ImageOccurrence], vectors: np.ndarray, *,
                 "height": info.height if info else None,
                 "is_raster": info.is_raster if info else None,
                 "ocr_text": occ.ocr_text,
+                "ocr_pending": occ.ocr_pending,
                 "generated_caption": occ.generated_caption,
+                "nearby_text": occ.nearby_text,
                 "surrogate_text": occ.surrogate_text,
                 "surrogate_hash": occ.surrogate_hash,
                 "vector_source": source,
@@ -206,6 +209,28 @@ def multivector_array(multivectors: Sequence[np.ndarray], dimension: int) -> pa.
     flat = np.concatenate([np.asarray(m, dtype=np.float32).reshape(-1) for m in multivectors]) if multivectors else np.empty(0, np.float32)
     inner = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), dimension)
     return pa.ListArray.from_arrays(offsets, inner)
+
+
+def occurrence_from_row(row: dict, data: bytes | None = None) -> ImageOccurrence:
+    """The :class:`ImageOccurrence` an image table row was written from (``data``: its bytes, when needed again),
+    such that ``images_table`` of it writes the same row. Fields a row does not keep (the surrounding text before
+    and after, frames, thumbnails) are left empty; the surrogate keeps its nearby text through ``nearby_text``."""
+    ref = ImageRef(src=row["src_url"] or "", caption=row["caption"] or "", caption_source=row["caption_source"] or "none",
+                   alt=row["alt"] or "", title=row["title"] or "", section_path=tuple(row["section_path"] or ()),
+                   position=row["position"] or 0, in_figure=bool(row["in_figure"]))
+    info = None
+    if row["image_sha256"]:
+        info = ImageInfo(status="ok", sha256=row["image_sha256"], byte_size=len(data) if data is not None else 0,
+                         format=row["format"], width=row["width"], height=row["height"],
+                         is_raster=row["is_raster"] if row["is_raster"] is not None else True)
+    published = row["published"]
+    return ImageOccurrence(
+        doc_url=row["doc_url"], article_title=row["article_title"] or "", ref=ref, status=row["status"],
+        http_status=row["http_status"], error=row["error"], info=info, data=data,
+        published=published.isoformat() if published else None, ocr_text=row["ocr_text"],
+        ocr_pending=bool(row.get("ocr_pending")), generated_caption=row["generated_caption"],
+        nearby_text=row.get("nearby_text") or "",
+    )
 
 
 def image_blobs_table(occurrences: Sequence[ImageOccurrence]) -> pa.Table:

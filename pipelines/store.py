@@ -208,7 +208,9 @@ def images_schema(dimension: int, *, multivector: bool = False) -> pa.Schema:
             pa.field("height", pa.int32()),
             pa.field("is_raster", pa.bool_()),
             pa.field("ocr_text", pa.string()),
+            pa.field("ocr_pending", pa.bool_()),  # images.ocr_deferred: committed before its OCR text (enrichment fills it)
             pa.field("generated_caption", pa.string()),
+            pa.field("nearby_text", pa.string()),
             pa.field("surrogate_text", pa.string()),
             pa.field("surrogate_hash", pa.string()),
             pa.field("vector_source", pa.string()),
@@ -416,6 +418,17 @@ class IndexStore:
                 found.setdefault(sha, text)
             wanted -= set(found)
         return found
+
+    def ocr_pending_rows(self, name: str) -> list[dict[str, Any]]:
+        """The rows of image table ``name`` committed before their OCR (``ocr_pending``), every column but the
+        vectors; none when the table does not exist or predates the column."""
+        if not self.has_table(name):
+            return []
+        table = self.db.open_table(name)
+        if "ocr_pending" not in table.schema.names:
+            return []
+        columns = [c for c in table.schema.names if c not in ("vector", MULTIVECTOR)]
+        return self.read_table(name, columns, where="ocr_pending = true").to_pylist()
 
     def content_table_names(self) -> list[str]:
         """The ``chunks__*`` and ``images__*`` tables (every embedder and chunking setting)."""

@@ -126,6 +126,10 @@ class IndexSummary:
     ocr_reused: int = 0
     ocr_seconds: float = 0.0
     ocr_note: str = ""
+    ocr_pending_written: int = 0  # images.ocr_deferred: image rows committed before their OCR
+    ocr_enriched_rows: int = 0  # pending rows (this run's or an earlier one's) given their OCR text and re-embedded
+    ocr_pending_left: int = 0  # pending rows still without OCR text when the run ended
+    pages_committed_s: float = 0.0  # seconds from the start until the last page batch was committed (searchable)
     caption_model: str = ""
     captions_generated: int = 0
     captions_reused: int = 0
@@ -236,7 +240,12 @@ class IndexSummary:
             return self.ocr_note
         ran = (f"{self.ocr_images} images read with {self.ocr_backend} in {self.ocr_seconds:.1f}s "
                f"({self.ocr_seconds_per_image or 0:.2f} s/image)" if self.ocr_images else "0 images read")
-        return f"{ran}, {self.ocr_reused} reused from stored rows" + (f"; {self.ocr_note}" if self.ocr_note else "")
+        deferred = ""
+        if self.ocr_pending_written or self.ocr_enriched_rows or self.ocr_pending_left:
+            deferred = (f"; deferred: {self.ocr_pending_written} rows committed before their OCR, "
+                        f"{self.ocr_enriched_rows} enriched, {self.ocr_pending_left} still pending")
+        return (f"{ran}, {self.ocr_reused} reused from stored rows" + deferred
+                + (f"; {self.ocr_note}" if self.ocr_note else ""))
 
     @property
     def caption_seconds_per_image(self) -> float | None:

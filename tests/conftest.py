@@ -35,3 +35,24 @@ def minilm():
     from mmrag.pipelines.embed import create_embedder
 
     return create_embedder(EmbedConfig(name="minilm"))
+
+
+@pytest.fixture
+def ocr_calls(monkeypatch):
+    """Counts calls of ``pipelines.ocr.ocr_image`` in this process (``calls["n"]``; run OCR with
+    ``images.ocr_workers: 0`` so every image is read here); skips when no OCR engine is installed."""
+    from collections import Counter
+
+    from mmrag.pipelines import ocr
+
+    if not ocr.ocr_available():
+        pytest.skip("no OCR engine installed")
+    calls = Counter()
+    real = ocr.ocr_image
+
+    def counting(image, **kwargs):
+        calls["n"] += 1
+        return real(image, **kwargs)
+
+    monkeypatch.setattr(ocr, "ocr_image", counting)
+    return calls

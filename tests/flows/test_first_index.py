@@ -22,7 +22,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mmrag.config import load_config
 from mmrag.flows.index import run_index
-from mmrag.pipelines import ocr as ocr_module
 from mmrag.pipelines import store
 from mmrag.pipelines.ocr import ocr_available
 from tests.helpers import REPO_ROOT
@@ -68,18 +67,9 @@ def make_config(tmp_path: Path, **overrides):
     return load_config(None, values)
 
 
-def test_ocr_results_are_saved_per_image_and_reused_after_a_lost_commit(tmp_path, monkeypatch):
-    if not ocr_available():
-        pytest.skip("no OCR engine installed")
+def test_ocr_results_are_saved_per_image_and_reused_after_a_lost_commit(tmp_path, ocr_calls):
+    calls = ocr_calls
     site, n_images = make_site(tmp_path / "site", pages=2, images_per_page=2, paragraphs=2)
-    calls = Counter()
-    real = ocr_module.ocr_image
-
-    def counting(image, **kwargs):
-        calls["n"] += 1
-        return real(image, **kwargs)
-
-    monkeypatch.setattr(ocr_module, "ocr_image", counting)
     cfg = make_config(tmp_path, **{"images.ocr_workers": 0})  # in this process, so the counter sees every call
     first = run_index([str(site)], cfg)
     assert first.ocr_images == n_images == calls["n"]

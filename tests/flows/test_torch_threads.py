@@ -9,7 +9,7 @@ import torch
 
 from mmrag.config import MmragConfig
 from mmrag.flows.image_text import OcrState
-from mmrag.flows.index import _apply_torch_threads
+from mmrag.flows.image_text import apply_torch_threads
 
 
 def test_torch_threads_leave_a_core_to_each_busy_ocr_worker(monkeypatch):
@@ -20,16 +20,16 @@ def test_torch_threads_leave_a_core_to_each_busy_ocr_worker(monkeypatch):
     ocr = OcrState(True, workers=2, pending={"a": running, "b": Future(), "c": Future(), "d": finished})
     try:
         assert ocr.busy_workers() == 2  # three in flight, two workers
-        _apply_torch_threads(MmragConfig(), ocr)
+        apply_torch_threads(MmragConfig(), ocr)
         assert torch.get_num_threads() == 2
         ocr.pending = {"a": running, "d": finished}
         assert ocr.busy_workers() == 1
-        _apply_torch_threads(MmragConfig(), ocr)
+        apply_torch_threads(MmragConfig(), ocr)
         assert torch.get_num_threads() == 3
         running.set_result(("x", None, 0.1))
-        _apply_torch_threads(MmragConfig(), ocr)
+        apply_torch_threads(MmragConfig(), ocr)
         assert torch.get_num_threads() == 4  # nothing in flight: every core
-        _apply_torch_threads(MmragConfig.model_validate({"ops": {"torch_threads": 1}}), ocr)
+        apply_torch_threads(MmragConfig.model_validate({"ops": {"torch_threads": 1}}), ocr)
         assert torch.get_num_threads() == 1  # an explicit setting wins
     finally:
         torch.set_num_threads(before)
