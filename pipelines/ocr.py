@@ -367,6 +367,17 @@ _THREADS = 0  # intra-op threads of this process's engine (0: the engine's defau
 def _init_worker(threads: int) -> None:
     global _THREADS
     _THREADS = threads
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="mmrag-ocr-parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
+    """End this worker when its parent is gone. A pool worker holds both ends of its own call queue, so it never
+    reads end-of-file when the parent dies without shutting the pool down (SIGKILL, or a pool the dying parent
+    had just started again): without this it would wait forever, holding its memory."""
+    while True:
+        time.sleep(every_s)
+        if os.getppid() != parent:
+            os._exit(0)
 
 
 def read_text(data: bytes, backend: str, image_cfg: ImageConfig) -> tuple[str | None, str | None, float]:
@@ -452,17 +463,17 @@ class OcrPool:
 
     def _restart(self, broken: ProcessPoolExecutor) -> ProcessPoolExecutor:
         """Replace ``broken`` (called with the lock held); returns the pool to use."""
-        if self._pool is broken:
+        if self._pool is broken and not self._closed:
             broken.shutdown(wait=False, cancel_futures=True)
             self._pool = self._start()
             self.restarts += 1
         return self._pool
 
     def close(self, *, cancel: bool = False) -> None:
-        """Stop the workers (``cancel``: drop images not started yet)."""
+        """Stop the workers (``cancel``: drop images not started yet). No pool is started again after this."""
         with self._lock:
             pool, self._pool = self._pool, None
-            self._closed = cancel
+            self._closed = True
         if pool is not None:
             pool.shutdown(wait=not cancel, cancel_futures=cancel)
 

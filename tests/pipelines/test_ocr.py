@@ -211,3 +211,47 @@ def test_pool_survives_a_killed_worker_and_reads_every_image():
         assert "ECHO" in again[0].upper()
     finally:
         pool.close(cancel=True)
+
+
+ORPHAN_PARENT = """
+import sys, time
+from mmrag.config import ImageConfig
+from mmrag.pipelines import ocr
+from tests.tiny_checkpoints import png_bytes
+from PIL import Image
+pool = ocr.OcrPool("rapidocr", ImageConfig(), workers=2)
+pool.submit(png_bytes(Image.new("RGB", (64, 32), "white"))).result(timeout=120)  # the workers are up
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_workers_end_when_their_parent_is_killed():
+    """A parent killed without shutting its pool down (SIGKILL) leaves no OCR worker behind: the workers hold their
+    own call queue open, so without the parent watch they would wait forever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from tests.helpers import REPO_ROOT
+
+    if not ocr_available("rapidocr"):
+        pytest.skip("rapidocr is not installed")
+    parent = subprocess.Popen([sys.executable, "-c", ORPHAN_PARENT], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "ready"
+        workers = [p for p in psutil.Process(parent.pid).children(recursive=True)
+                   if "spawn_main" in " ".join(p.cmdline()) and "resource_tracker" not in " ".join(p.cmdline())]
+        assert workers, "no OCR worker started"
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        gone, alive = psutil.wait_procs(workers, timeout=10)
+        assert alive == [], f"OCR workers left behind: {[p.pid for p in alive]}"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
