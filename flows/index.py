@@ -124,7 +124,20 @@ def fetch_pages(targets: list[PageTarget], fetcher: Fetcher, workers: int, extra
         return list(pool.map(lambda t: fetch_page.fn(t, fetcher), targets))
 
 
-@task(name="fetch-images", task_run_name="fetch-images {doc.url}", cache_policy=NO_CACHE)
+@task(name="fetch-images", task_run_name="fetch-images {pages[0].target.url} +{extra}", cache_policy=NO_CACHE)
+def fetch_images_of_pages(pages: list[ParsedPage], fetcher: Fetcher, config: MmragConfig, workers: int,
+                          extra: int = 0) -> list[rows.ImageOccurrence]:
+    """Fetch and verify the images of a group of parsed pages, pages on ``workers`` threads (the fetcher's global
+    and per-host limits still hold); occurrences in page order. One task per group, as for pages."""
+    def of(page: ParsedPage) -> list[rows.ImageOccurrence]:
+        return fetch_images(page.doc, bool(page.target.local_path), fetcher, config)
+
+    if len(pages) == 1 or workers <= 1:
+        return [occ for page in pages for occ in of(page)]
+    with ThreadPoolExecutor(max_workers=min(workers, len(pages))) as pool:
+        return [occ for found in pool.map(of, pages) for occ in found]
+
+
 def fetch_images(doc: ParsedDocument, local_page: bool, fetcher: Fetcher, config: MmragConfig) -> list[rows.ImageOccurrence]:
     """Fetch and verify every image of one page; each distinct source is fetched once."""
     outcomes: dict[str, tuple] = {}
@@ -181,7 +194,14 @@ def _decode_data_uri(src: str) -> FetchResult:
 # -- tasks: pure and compute -----------------------------------------------------------------
 
 
-@task(name="parse-page", task_run_name="parse-page {target.url}", cache_policy=NO_CACHE)
+@task(name="parse-pages", task_run_name="parse-pages {items[0][0].url} +{extra}", cache_policy=NO_CACHE)
+def parse_pages(items: list[tuple[PageTarget, FetchResult]], embedder: Embedder, config: MmragConfig,
+                extra: int = 0) -> list[ParsedPage]:
+    """Parse and chunk a group of fetched pages one after the other: pure Python work, which threads would only
+    take turns at (the GIL); one task run per group costs the flow and Prefect's server far less than one per page."""
+    return [parse_page(target, result, embedder, config) for target, result in items]
+
+
 def parse_page(target: PageTarget, result: FetchResult, embedder: Embedder, config: MmragConfig) -> ParsedPage:
     """Parse one fetched page into a document and chunks (pure work, no I/O)."""
     if result.status not in FETCH_OK or result.body is None:
@@ -378,6 +398,10 @@ class BatchSizer:
         self.last = now
 
 
+def _groups(items: Sequence, size: int) -> list[list]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
 def _prepare_batch(
     batch: Sequence[PageTarget],
     fetcher: Fetcher,
@@ -395,9 +419,9 @@ def _prepare_batch(
     with summary.timed("fetch"):
         # Threads: one task for the batch (a task run costs CPU here and in Prefect's server; the fetcher's
         # limits hold either way). Dask: groups of ops.fetch_task_pages, the unit spread over workers.
-        size = config.ops.fetch_task_pages if config.ops.task_runner == "dask" else len(batch)
-        groups = [list(batch[i : i + size]) for i in range(0, len(batch), size)]
-        futures = [fetch_pages.submit(g, fetcher, config.fetch.concurrency, len(g) - 1) for g in groups]
+        # Parse and image fetches are grouped the same way.
+        size = config.ops.fetch_task_pages if config.ops.task_runner == "dask" else max(len(batch), 1)
+        futures = [fetch_pages.submit(g, fetcher, config.fetch.concurrency, len(g) - 1) for g in _groups(batch, size)]
         fetched = [r for f in futures for r in f.result()]
     summary.count_stage("fetch", len(batch))
     urls = [t.url for t in batch]
@@ -421,12 +445,14 @@ def _prepare_batch(
     if to_parse:
         load_now(embedder)  # a lazy embedder loads here, timed as its own stage, not inside the first parse task
     with summary.timed("parse_chunk"):
-        pages: list[ParsedPage] = [f.result() for f in [parse_page.submit(t, r, embedder, config) for t, r in to_parse]]
+        futures = [parse_pages.submit(g, embedder, config, len(g) - 1) for g in _groups(to_parse, size)]
+        pages: list[ParsedPage] = [page for f in futures for page in f.result()]
     summary.count_stage("parse_chunk", len(to_parse))
     good = [p for p in pages if p.doc is not None]
     with summary.timed("images"):
-        image_futures = [fetch_images.submit(p.doc, bool(p.target.local_path), fetcher, config) for p in good]
-        occurrences = [occ for f in image_futures for occ in f.result()]
+        futures = [fetch_images_of_pages.submit(g, fetcher, config, config.fetch.concurrency, len(g) - 1)
+                   for g in _groups(good, size)]
+        occurrences = [occ for f in futures for occ in f.result()]
     summary.count_stage("images", len(occurrences))
     if ocr is not None and ocr.enabled:
         with summary.timed("ocr"):

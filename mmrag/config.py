@@ -420,7 +420,8 @@ class OpsConfig(_Section):
     embed_task_rows: int = Field(512, ge=1, description="texts per embedding task (the unit distributed over workers)")
     fetch_task_pages: int = Field(
         16, ge=1, le=10_000,
-        description="Dask: pages per fetch task (fetched on threads inside it); on threads one task fetches a page batch",
+        description="Dask: pages per fetch, parse and image-fetch task (fetches on threads inside it); on threads one "
+        "task of each kind per page batch",
     )
     # scheduled runs
     deployment_name: str = "nightly-incremental"

@@ -19,7 +19,7 @@ URL = "https://blog.example/post"
 def _parse(html: str, minilm):
     cfg = MmragConfig.model_validate({"chunking": {"strategy": "paragraph"}})
     fetched = FetchResult(url=URL, final_url=URL, status="ok", body=html.encode(), content_type="text/html")
-    return parse_page.fn(PageTarget(URL, None, URL), fetched, minilm, cfg)
+    return parse_page(PageTarget(URL, None, URL), fetched, minilm, cfg)
 
 
 def test_an_empty_page_fails_and_keeps_its_chunks(minilm):
