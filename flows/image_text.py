@@ -47,9 +47,9 @@ class OcrState:
     """OCR during one run: whether it runs, the engine and its result key, the text of every image read or found
     so far (by sha256), the images being read, and results not saved yet.
 
-    Results are saved to the ``ocr_results`` table by a saver thread at most ``SAVE_EVERY_S`` after they
-    arrive (and at the end, on any exit that runs ``finally`` blocks, SIGTERM included), so an interrupted run
-    loses at most the images in flight plus about a second of results.
+    Results are saved to the ``ocr_results`` table by a saver thread as they arrive, those arriving within
+    ``SAVE_GAP_S`` of each other together (and at the end, on any exit that runs ``finally`` blocks, SIGTERM
+    included), so an interrupted run loses the images in flight plus at most ``SAVE_GAP_S`` of results.
     """
 
     enabled: bool
@@ -75,6 +75,7 @@ class OcrState:
     _last_done: float | None = None
 
     SAVE_EVERY_S = 1.0
+    SAVE_GAP_S = 0.2
 
     def pool(self) -> OcrPool:
         """The OCR workers, started on first use (a run with no new image starts none)."""
@@ -107,6 +108,7 @@ class OcrState:
             self._last_done = time.monotonic()
             self._unsaved.append({"image_sha256": sha, "engine": self.engine, "text": text, "error": error,
                                   "seconds": seconds, "created_at": datetime.now(timezone.utc)})
+        self._wake.set()
         if self.bar is not None:
             self.bar.advance(1)
 
@@ -138,6 +140,7 @@ class OcrState:
                 self.save()
             except Exception as exc:  # noqa: BLE001 - a failed save costs reuse later, not the run
                 get_logger("mmrag.ocr").warning("could not save OCR results: %s", exc)
+            time.sleep(self.SAVE_GAP_S)  # one table version per gap, not per image
 
     def close(self, *, cancel: bool = False) -> None:
         """Stop the workers (``cancel``: drop images not started) and save every result that arrived."""

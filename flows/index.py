@@ -8,7 +8,7 @@ is bounded by the batch and an interrupted run (SIGKILL, SIGTERM) keeps every ba
 loses about one batch of work. Two batches are in flight: while batch N waits for its OCR, embeds and
 commits, batch N+1 is already fetched, parsed and its images sent to the OCR worker processes
 (``images.ocr_workers``, default one per core), so OCR runs on the cores the embedding leaves.
-OCR results are saved per distinct image in ``ocr_results`` (about a second after each is read), so
+OCR results are saved per distinct image in ``ocr_results`` (within 0.2 s of each being read), so
 even an uncommitted batch's OCR is reused by the next run. Long stages report done/total, rate and
 ETA on stderr (:mod:`mmrag.progress`), bars on a terminal, a line every ``ops.progress_log_s``
 otherwise; the summary has per-stage seconds, items and rates, batches and the longest gap between

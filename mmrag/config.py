@@ -143,12 +143,12 @@ class ImageConfig(_Section):
         "bench/RESULTS.md, ocr_cost); built once into $XDG_CACHE_HOME/mmrag/ocr-models (needs the onnx package); part of the result key",
     )
     ocr_deferred: bool = Field(
-        False,
+        True,
         description="OCR after the pages: every batch is committed without waiting for OCR (image rows with text not "
         "read yet are marked ocr_pending and searchable by caption and context), then the run reads those images "
         "on every core and re-embeds only their rows. A run that stops first leaves them pending; the next run with "
-        "OCR on finishes them, reusing every result saved. Off: each batch waits for its images' OCR, which runs "
-        "beside the embedding",
+        "OCR on finishes them, reusing every result saved. False: each batch waits for its images' OCR, which runs "
+        "beside the embedding (slower in all on 2 cores: bench/RESULTS.md, first_index)",
     )
     ocr_workers: int | None = Field(
         None, ge=0, le=256,

@@ -25,7 +25,7 @@ def image_rows(db_uri: str) -> dict[str, dict]:
 
 def test_deferred_ocr_ends_with_the_rows_an_inline_run_writes(tmp_path, ocr_calls):
     site, n_images = make_site(tmp_path / "site", pages=3, images_per_page=2, paragraphs=2)
-    inline_cfg = make_config(tmp_path / "inline", **{"images.ocr_workers": 0})
+    inline_cfg = make_config(tmp_path / "inline", **{"images.ocr_workers": 0, "images.ocr_deferred": False})
     deferred_cfg = make_config(tmp_path / "deferred", **{"images.ocr_workers": 0, "images.ocr_deferred": True,
                                                            "page_batch": 1})
     inline = run_index([str(site)], inline_cfg)
