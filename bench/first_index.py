@@ -1,13 +1,17 @@
 """The first index of a real blog: wall time against the bare model work it needs, OCR's cost, OCR's words.
 
-Serves ``../shared/corpora/colah`` on 127.0.0.1 and indexes its 14 posts from an empty database with the
-defaults (OCR on), then again into another empty database with OCR off. In the same process it then
-measures the bare model work the first run needed: MiniLM encoding of the same chunk and image-surrogate
-texts (one ``SentenceTransformer.encode`` call, batch 64) plus OCR of the same distinct images with the same
-engine settings, one after the other in this process (the engine on every core). Prints:
+Serves ``../shared/corpora/colah`` on 127.0.0.1 and, after an untimed one-page index (Prefect's start-up, the
+model load), indexes its 14 posts from an empty database with the defaults (OCR on, deferred: pages committed
+first, then OCR and re-embedding of those image rows), then into other empty databases with OCR off and with
+OCR inline (``images.ocr_deferred: false``: each batch waits for its OCR, run beside the embedding). In the
+same process it then measures the bare model work the default run needed: MiniLM encoding of the same chunk
+and image-surrogate texts (one ``SentenceTransformer.encode`` call, batch 64) plus OCR of the same distinct
+images with the same engine settings, one after the other in this process (the engine on every core). Prints:
 
-* total wall time, per-stage seconds and rates of the OCR-on run;
-* pipeline / bare (target ≤ 1.3) and OCR-on / OCR-off wall time (target ≤ 1.5);
+* total wall time, time until every page was committed (searchable), per-stage seconds and rates of the
+  default run;
+* pipeline / bare (target ≤ 1.3) and OCR-on / OCR-off wall time (target ≤ 1.5), whole run and until
+  searchable; the same ratios for the inline run;
 * the OCR words-found ratio: words of the stored OCR text found in full-size OCR of the same images with
   the engine settings used before issue #15 (rapidocr's own detection size, up to 2000 px; direction
   classifier on; recognition padded to 320 px; rapidocr's original models), as a
@@ -60,12 +64,13 @@ def words_found(reference: dict[str, str], found: dict[str, str]) -> tuple[int, 
     return hit, total
 
 
-def index_once(sources: list[str], db: Path, ocr: bool) -> tuple[float, object]:
+def index_once(sources: list[str], db: Path, ocr: bool, deferred: bool = True) -> tuple[float, object]:
     from mmrag.config import load_config  # deferred: after isolate_prefect() has set Prefect's environment
     from mmrag.flows.index import run_index
 
     cfg = load_config(None, {"store.db_uri": str(db), "store.raw_dir": str(db.parent / f"{db.name}-raw"),
-                             "progress": False, "images.ocr": ocr, "fetch.respect_robots": False})
+                             "progress": False, "images.ocr": ocr, "fetch.respect_robots": False,
+                             "images.ocr_deferred": deferred})
     started = time.perf_counter()
     summary = run_index(sources, cfg)
     return time.perf_counter() - started, summary
@@ -126,18 +131,23 @@ def main(argv: list[str] | None = None) -> int:
     work = isolate_prefect()
     workdir = args.workdir or work
     workdir.mkdir(parents=True, exist_ok=True)
-    for name in ("db-ocr", "db-no-ocr", "db-ocr-raw", "db-no-ocr-raw"):  # always from an empty database
-        if (workdir / name).exists():
-            shutil.rmtree(workdir / name)
+    for name in ("db-warmup", "db-ocr", "db-no-ocr", "db-ocr-inline"):  # always from an empty database
+        for folder in (workdir / name, workdir / f"{name}-raw"):
+            if folder.exists():
+                shutil.rmtree(folder)
     info, load_before = machine_info(), load_average()
     print(f"{info}\nload average at start: {load_before}", flush=True)
     server, base_url = serve(CORPUS, args.port)
     try:
         sources = [f"{base_url}/posts/{p.name}/" for p in sorted((CORPUS / "posts").iterdir()) if p.is_dir()]
+        index_once(sources[:1], workdir / "db-warmup", ocr=False)  # Prefect's start-up and the model load, untimed
         wall_on, on = index_once(sources, workdir / "db-ocr", ocr=True)
-        print(f"OCR on: {wall_on:.1f}s  {on.stage_seconds}", flush=True)
+        print(f"OCR on (defaults, deferred): {wall_on:.1f}s, every page committed after {on.pages_committed_s:.1f}s  "
+              f"{on.stage_seconds}", flush=True)
         wall_off, off = index_once(sources, workdir / "db-no-ocr", ocr=False)
         print(f"OCR off: {wall_off:.1f}s  {off.stage_seconds}", flush=True)
+        wall_inline, inline = index_once(sources, workdir / "db-ocr-inline", ocr=True, deferred=False)
+        print(f"OCR inline (images.ocr_deferred false): {wall_inline:.1f}s  {inline.stage_seconds}", flush=True)
     finally:
         server.shutdown()
     load_mid = load_average()
@@ -157,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         reference_file.write_text(json.dumps(reference))
     reference = {sha: reference[sha] for sha in blobs}
     hit, total = words_found(reference, stored_ocr)
+    inline_hit, _ = words_found(reference, stored_work(workdir / "db-ocr-inline")[2])
     load_after = load_average()
 
     bare = embed_s + ocr_s
@@ -173,27 +184,33 @@ def main(argv: list[str] | None = None) -> int:
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
         f"{info}. Load average at start {load_before}, after the index runs {load_mid}, at end {load_after} "
-        "(the machine is shared with other agents' jobs: figures are read against that load).",
+        "(the bench's own OCR workers count in it).",
         "",
         f"Corpus: the 14 colah posts served on 127.0.0.1; {on.pages_ok} pages, {on.chunks_total} chunks, "
-        f"{on.images_total} image rows, {len(blobs)} distinct decoded images; defaults (OCR engine "
+        f"{on.images_total} image rows, {len(blobs)} distinct decoded images; defaults (OCR deferred, engine "
         f"`{on.ocr_engine}`, {on.ocr_images} images read in {on.ocr_seconds:.1f} s of worker time, "
         f"{on.ocr_seconds_per_image or 0:.2f} s/image; {on.batches} batches, longest gap between commits "
-        f"{on.commit_gap_max_s:.1f} s).",
+        f"{on.commit_gap_max_s:.1f} s). An untimed one-page index first takes Prefect's start-up and the model load.",
         "",
         "| figure | value | target |",
         "|---|---:|---:|",
-        f"| first index, OCR on (wall) | {wall_on:.1f} s | |",
+        f"| first index, defaults (OCR on, deferred; wall) | {wall_on:.1f} s | |",
+        f"| ... of which until every page was committed (searchable) | {on.pages_committed_s:.1f} s | |",
         f"| first index, OCR off (wall) | {wall_off:.1f} s | |",
+        f"| first index, OCR inline (`images.ocr_deferred: false`; wall) | {wall_inline:.1f} s | |",
         f"| bare model work: MiniLM on {len(texts)} texts + OCR of {len(blobs)} images | {embed_s:.1f} s + {ocr_s:.1f} s "
         f"= {bare:.1f} s | |",
         f"| pipeline / bare | {ratio_bare:.2f} | ≤ 1.3 {'met' if ratio_bare <= 1.3 else 'NOT met'} |",
-        f"| OCR on / OCR off | {ratio_ocr:.2f} | ≤ 1.5 {'met' if ratio_ocr <= 1.5 else 'NOT met'} |",
+        f"| OCR on / OCR off, whole run | {ratio_ocr:.2f} | ≤ 1.5 {'met' if ratio_ocr <= 1.5 else 'NOT met'} |",
+        f"| OCR on / OCR off, until every page is searchable | {on.pages_committed_s / wall_off:.2f} | |",
         f"| OCR words found vs full-size OCR ({total} reference words; reference {per_image_ref} s/image) | "
         f"{ratio_words:.3f} | ≥ 0.95 {'met' if ratio_words >= 0.95 else 'NOT met'} |",
+        f"| inline: pipeline / bare, OCR on / off, words found | {wall_inline / bare:.2f}, {wall_inline / wall_off:.2f}, "
+        f"{inline_hit / total if total else 1.0:.3f} | |",
         "",
-        f"Stages of the OCR-on run (seconds, rate in items/s): {stages}. OCR-off run: "
-        + ", ".join(f"{k} {v:.1f}s" for k, v in off.stage_seconds.items()) + ".",
+        f"Stages of the default run (seconds, rate in items/s): {stages} ({on.ocr_report()}). OCR-off run: "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in off.stage_seconds.items()) + ". Inline run: "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in inline.stage_seconds.items()) + ".",
         "",
     ])
     print(text)

@@ -148,7 +148,8 @@ class ImageConfig(_Section):
         "read yet are marked ocr_pending and searchable by caption and context), then the run reads those images "
         "on every core and re-embeds only their rows. A run that stops first leaves them pending; the next run with "
         "OCR on finishes them, reusing every result saved. False: each batch waits for its images' OCR, which runs "
-        "beside the embedding (slower in all on 2 cores: bench/RESULTS.md, first_index)",
+        "beside the embedding (about the same time in all on 2 cores, but no page committed before its OCR: "
+        "bench/RESULTS.md, first_index)",
     )
     ocr_workers: int | None = Field(
         None, ge=0, le=256,
