@@ -254,6 +254,8 @@ def _index_run(sources: list[str], config: MmragConfig, run_id: str) -> dict:
 
     with Fetcher(config.fetch, RawStore(config.store.raw_dir)) as real_fetcher:
         fetcher, shared_embedder, handles = _task_arguments(config, real_fetcher, embedder)
+        run = _IndexRun(run_id, config, index_store, fetcher, shared_embedder, chunk_table, image_table, summary,
+                        progress, ocr, captioning)
         try:
             with summary.timed("sources"):
                 targets, source_errors = expand_sources_task(list(sources), fetcher)
@@ -274,12 +276,10 @@ def _index_run(sources: list[str], config: MmragConfig, run_id: str) -> dict:
                 if start < len(targets):
                     batch = targets[start : start + sizer.next_size()]
                     start += len(batch)
-                    following = _prepare_batch(batch, fetcher, shared_embedder, index_store, chunk_table, image_table,
-                                               config, summary, progress, ocr)
+                    following = _prepare_batch(batch, run)
                 if prepared is not None:
                     before = dict(summary.stage_seconds), summary.to_dict()
-                    _finish_batch(prepared, shared_embedder, index_store, chunk_table, image_table, config, summary,
-                                  progress, run_id, ocr=ocr, captioning=captioning)
+                    _finish_batch(prepared, run)
                     now = time.monotonic()
                     summary.batches += 1
                     summary.commit_gap_max_s = round(max(summary.commit_gap_max_s, now - last_commit), 3)
@@ -293,7 +293,7 @@ def _index_run(sources: list[str], config: MmragConfig, run_id: str) -> dict:
             summary.pages_committed_s = round((datetime.now(timezone.utc) - started).total_seconds(), 3)
             # Rows committed before their OCR (images.ocr_deferred, this run or one that stopped early).
             enrich_pending_ocr(index_store, image_table, shared_embedder, ocr, config, summary, progress, run_id)
-            _retire_dropped(sources, targets, source_errors, index_store, chunk_table, image_table, config, summary, run_id)
+            _retire_dropped(sources, targets, source_errors, run)
         finally:
             ocr.close(cancel=True)  # on any exit (SIGTERM too): keep every OCR result that arrived
             for handle in handles:
@@ -352,6 +352,24 @@ def _batch_report(before: tuple[dict, dict], summary: IndexSummary) -> str:
 
 
 @dataclass
+class _IndexRun:
+    """What every batch of one index run shares: its id and config, the store and tables it writes, the fetcher
+    and embedder as tasks get them (picklable handles on Dask), the OCR and caption stages, and its records."""
+
+    run_id: str
+    config: MmragConfig
+    index_store: store.IndexStore
+    fetcher: Fetcher
+    embedder: Embedder
+    chunk_table: str
+    image_table: str
+    summary: IndexSummary
+    progress: Progress
+    ocr: OcrState
+    captioning: CaptionState
+
+
+@dataclass
 class _Prepared:
     """A page batch fetched, parsed, its images fetched and sent to OCR: what :func:`_finish_batch` needs."""
 
@@ -404,19 +422,10 @@ def _groups(items: Sequence, size: int) -> list[list]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
-def _prepare_batch(
-    batch: Sequence[PageTarget],
-    fetcher: Fetcher,
-    embedder: Embedder,
-    index_store: store.IndexStore,
-    chunk_table: str,
-    image_table: str,
-    config: MmragConfig,
-    summary: IndexSummary,
-    progress: Progress,
-    ocr: OcrState | None = None,
-) -> _Prepared:
+def _prepare_batch(batch: Sequence[PageTarget], run: _IndexRun) -> _Prepared:
     """Fetch and parse one batch, fetch its images and start their OCR (which runs on while this returns)."""
+    config, summary, index_store, fetcher, embedder = run.config, run.summary, run.index_store, run.fetcher, run.embedder
+    chunk_table, image_table, ocr = run.chunk_table, run.image_table, run.ocr
     now = datetime.now(timezone.utc)
     with summary.timed("fetch"):
         # Threads: one task for the batch (a task run costs CPU here and in Prefect's server; the fetcher's
@@ -456,9 +465,9 @@ def _prepare_batch(
                    for g in _groups(good, size)]
         occurrences = [occ for f in futures for occ in f.result()]
     summary.count_stage("images", len(occurrences))
-    if ocr is not None and ocr.enabled:
+    if ocr.enabled:
         with summary.timed("ocr"):
-            submit_image_text(occurrences, ocr, index_store, summary, progress, read_new=not config.images.ocr_deferred)
+            submit_image_text(occurrences, ocr, index_store, summary, run.progress, read_new=not config.images.ocr_deferred)
     return _Prepared(batch, now, previous_docs, stored_chunks, stored_images, unchanged, gone, pages, good, occurrences)
 
 
@@ -481,41 +490,40 @@ class _EmbeddedImages:
     vectors: ImageVectors
 
 
-def _embed_chunks(prepared: _Prepared, embedder: Embedder, index_store: store.IndexStore, chunk_table: str,
-                  config: MmragConfig, summary: IndexSummary, progress: Progress,
-                  ocr: OcrState | None = None) -> _EmbeddedChunks:
+def _embed_chunks(prepared: _Prepared, run: _IndexRun) -> _EmbeddedChunks:
     """Plan the batch's chunks against the stored rows and embed the new ones (stored vectors of the same text reused)."""
+    summary = run.summary
     chunks, good_urls = [c for p in prepared.good for c in p.chunks], prepared.good_urls
     plan = incremental.plan_chunks(chunks, {u: rows_ for u, rows_ in prepared.stored_chunks.items() if u in good_urls})
-    apply_torch_threads(config, ocr)
+    apply_torch_threads(run.config, run.ocr)
     with summary.timed("embed"):
-        vectors, reused = vectors_for([c.content_hash for c in plan.new], [c.search_text for c in plan.new], chunk_table,
-                                      "content_hash", embedder, index_store, config, progress, "embed chunks")
+        vectors, reused = vectors_for([c.content_hash for c in plan.new], [c.search_text for c in plan.new], run.chunk_table,
+                                      "content_hash", run.embedder, run.index_store, run.config, run.progress, "embed chunks")
     summary.count_stage("embed", len(plan.new) - reused)
     return _EmbeddedChunks(chunks, plan, vectors, reused)
 
 
-def _embed_images(prepared: _Prepared, embedder: Embedder, index_store: store.IndexStore, image_table: str,
-                  config: MmragConfig, summary: IndexSummary, progress: Progress, ocr: OcrState | None,
-                  captioning: CaptionState | None) -> _EmbeddedImages:
+def _embed_images(prepared: _Prepared, run: _IndexRun) -> _EmbeddedImages:
     """Collect the batch's OCR text, caption what lacks a caption, then embed the images whose row changes.
 
     A vector is reused when the bytes (pixel vectors) or the surrogate (surrogate vectors) are unchanged.
     """
-    occurrences = prepared.occurrences
-    if ocr is not None and ocr.enabled:
+    summary, occurrences = run.summary, prepared.occurrences
+    if run.ocr.enabled:
         with summary.timed("ocr"):
-            occurrences = collect_image_text(occurrences, ocr, summary)
-    if captioning is not None and captioning.enabled:
+            occurrences = collect_image_text(occurrences, run.ocr, summary)
+    if run.captioning.enabled:
         with summary.timed("captions"):
-            occurrences = caption_missing_images(occurrences, captioning, index_store, config, summary, progress)
+            occurrences = caption_missing_images(occurrences, run.captioning, run.index_store, run.config, summary,
+                                                 run.progress)
     good_urls = prepared.good_urls
     stored = {iid: row for u, rows_ in prepared.stored_images.items() if u in good_urls for iid, row in rows_.items()}
     plan = incremental.plan_images(occurrences, stored)
     summary.ocr_pending_written += sum(o.ocr_pending for o in plan.changed)
-    apply_torch_threads(config, ocr)
+    apply_torch_threads(run.config, run.ocr)
     with summary.timed("embed"):
-        vectors = image_vectors(plan.changed, embedder, index_store, image_table, config, summary, progress)
+        vectors = image_vectors(plan.changed, run.embedder, run.index_store, run.image_table, run.config, summary,
+                                run.progress)
     summary.count_stage("embed", len(plan.changed) - vectors.reused)
     return _EmbeddedImages(occurrences, plan, vectors)
 
@@ -596,26 +604,16 @@ def batch_record(prepared: _Prepared, chunks: _EmbeddedChunks, images: _Embedded
     )
 
 
-def _finish_batch(
-    prepared: _Prepared,
-    embedder: Embedder,
-    index_store: store.IndexStore,
-    chunk_table: str,
-    image_table: str,
-    config: MmragConfig,
-    summary: IndexSummary,
-    progress: Progress,
-    run_id: str,
-    ocr: OcrState | None = None,
-    captioning: CaptionState | None = None,
-) -> None:
+def _finish_batch(prepared: _Prepared, run: _IndexRun) -> None:
     """Embed the batch's chunks (while the OCR workers read its images), collect OCR text and captions, embed the
     changed images, commit, and fold the stage records into the summary."""
-    chunks = _embed_chunks(prepared, embedder, index_store, chunk_table, config, summary, progress, ocr)
-    images = _embed_images(prepared, embedder, index_store, image_table, config, summary, progress, ocr, captioning)
+    chunks = _embed_chunks(prepared, run)
+    images = _embed_images(prepared, run)
+    summary = run.summary
     with summary.timed("write"):
-        blobs_new, written, retired = write_batch(prepared, chunks, images, index_store, chunk_table, image_table,
-                                                  config, embedder.name, run_id, count=len(prepared.pages))
+        blobs_new, written, retired = write_batch(prepared, chunks, images, run.index_store, run.chunk_table,
+                                                  run.image_table, run.config, run.embedder.name, run.run_id,
+                                                  count=len(prepared.pages))
     summary.count_stage("write", written)
     summary.add_batch(batch_record(prepared, chunks, images, blobs_new, retired))
 
@@ -644,8 +642,9 @@ def _retire(urls: list[str], previous_docs: dict, fetches: dict, index_store: st
                             chunks=deleted.get(chunk_table, 0), images=deleted.get(image_table, 0))
 
 
-def _retire_dropped(sources, targets, source_errors, index_store, chunk_table, image_table, config, summary, run_id) -> None:
+def _retire_dropped(sources: Sequence[str], targets: Sequence[PageTarget], source_errors: Sequence, run: _IndexRun) -> None:
     """Retire documents that a source listed last time and no longer lists (complete sources only)."""
+    config, index_store, summary = run.config, run.index_store, run.summary
     if config.ops.gone_policy == "keep":
         return
     failed = {err.source for err in source_errors}
@@ -654,8 +653,8 @@ def _retire_dropped(sources, targets, source_errors, index_store, chunk_table, i
     dropped = incremental.dropped_urls(index_store.documents_by_origin(complete), (t.url for t in targets), complete)
     if dropped:
         with summary.timed("write"):
-            retired = _retire(dropped, index_store.document_rows(dropped), {}, index_store, chunk_table, image_table,
-                              config, run_id)
+            retired = _retire(dropped, index_store.document_rows(dropped), {}, index_store, run.chunk_table,
+                              run.image_table, config, run.run_id)
         summary.add_batch(BatchRecord(retired=retired))
         get_run_logger().info("retired %d documents no longer listed by their sources (%s)", len(dropped),
                               config.ops.gone_policy)
