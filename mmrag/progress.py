@@ -202,7 +202,11 @@ QUIET_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "TOKENIZERS_PARALLELISM": "false",          # the fork warning of tokenizers
-    "RUST_LOG": "error",                        # lance's "Deprecation warning … _score/_distance" lines
+    # lance's "Deprecation warning … did not include `_distance`/`_score`" on every hybrid query: lancedb's own
+    # hybrid search selects columns without them and cannot add them (each leg lacks the other's score column).
+    # lancedb 0.40 reads LANCEDB_LOG, once, when it is imported; older releases read RUST_LOG / LANCE_LOG.
+    "LANCEDB_LOG": "error",
+    "RUST_LOG": "error",
     "LANCE_LOG": "error",
 }
 

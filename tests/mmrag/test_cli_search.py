@@ -214,6 +214,20 @@ def test_stdin_is_a_long_lived_process(minilm_db):
     assert second["timings_ms"]["total"] < first["timings_ms"]["total"]
 
 
+def test_a_hybrid_search_prints_no_library_warnings(minilm_db):
+    """lance logs a deprecation warning on every hybrid query that selects columns (lancedb's own hybrid search
+    does): the CLI keeps them off the terminal unless --verbose."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LANCEDB_LOG", "LANCE_LOG", "RUST_LOG")}
+    command = [sys.executable, "-c", "from mmrag.cli import app; app()", "search", "reciprocal rank fusion", "--json",
+               "--db", str(minilm_db)]
+    quiet = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=120)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert json.loads(quiet.stdout)["mode"] == "hybrid"
+    assert "WARN" not in quiet.stderr, quiet.stderr[-2000:]
+    verbose = subprocess.run([*command[:3], "--verbose", *command[3:]], capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=120)
+    assert verbose.returncode == 0 and "did not include `_distance`" in verbose.stderr
+
+
 def test_image_scoring_option_reaches_search_and_eval_run(minilm_db, loads, tmp_path):
     result = runner.invoke(app, ["search", "a layered graph", "--db", str(minilm_db), "--target", "images",
                                  "--image-scoring", "max_query"])
