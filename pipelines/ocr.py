@@ -364,20 +364,24 @@ def _write_atomically(target: Path, data: bytes) -> Path:
 _THREADS = 0  # intra-op threads of this process's engine (0: the engine's default, every core)
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int | None = None) -> None:
+    """Set this process's engine threads; in a pool worker (``parent``: the pid of the process that started the
+    pool), also end the worker when that process is gone (:func:`_exit_with_parent`)."""
     global _THREADS
     _THREADS = threads
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="mmrag-ocr-parent-watch", daemon=True).start()
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent,), name="mmrag-ocr-parent-watch", daemon=True).start()
 
 
 def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
-    """End this worker when its parent is gone. A pool worker holds both ends of its own call queue, so it never
-    reads end-of-file when the parent dies without shutting the pool down (SIGKILL, or a pool the dying parent
-    had just started again): without this it would wait forever, holding its memory."""
-    while True:
+    """End this worker when ``parent`` is no longer its parent. A pool worker holds both ends of its own call
+    queue, so it never reads end-of-file when the parent dies without shutting the pool down (SIGKILL, or a pool
+    the dying parent had just started again): without this it would wait forever, holding its memory. The pid
+    comes from the parent, not from ``os.getppid()`` here: a parent killed while the worker was still starting
+    has already been replaced by init when this runs."""
+    while os.getppid() == parent:
         time.sleep(every_s)
-        if os.getppid() != parent:
-            os._exit(0)
+    os._exit(0)
 
 
 def read_text(data: bytes, backend: str, image_cfg: ImageConfig) -> tuple[str | None, str | None, float]:
@@ -421,7 +425,7 @@ class OcrPool:
 
     def _start(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(1,))
+                                   initializer=_init_worker, initargs=(1, os.getpid()))
 
     def submit(self, data: bytes) -> Future:
         """Start reading one image."""

@@ -226,6 +226,53 @@ time.sleep(600)
 """
 
 
+ORPHAN_EARLY_PARENT = """
+import time
+from mmrag.config import ImageConfig
+from mmrag.pipelines import ocr
+from tests.tiny_checkpoints import png_bytes
+from PIL import Image
+pool = ocr.OcrPool("rapidocr", ImageConfig(), workers=2)
+pool.submit(png_bytes(Image.new("RGB", (64, 32), "white")))  # the workers are spawned, still starting
+print("submitted", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_workers_end_when_their_parent_dies_while_they_start():
+    """A parent killed while its OCR workers are still starting (a SIGTERM right after a batch sent its images)
+    leaves none behind: by the time a worker runs its initializer, its parent is already init, so it must be
+    told its parent's pid rather than read it (two such orphans, 377 MB each, outlived a test run by an hour)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from tests.helpers import REPO_ROOT
+
+    if not ocr_available("rapidocr"):
+        pytest.skip("rapidocr is not installed")
+    parent = subprocess.Popen([sys.executable, "-c", ORPHAN_EARLY_PARENT], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert parent.stdout.readline().strip() == "submitted"
+        workers = [p for p in psutil.Process(parent.pid).children(recursive=True)
+                   if "spawn_main" in " ".join(p.cmdline()) and "resource_tracker" not in " ".join(p.cmdline())]
+        assert workers, "no OCR worker started"
+        assert all(p.create_time() > time.time() - 5 for p in workers)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        gone, alive = psutil.wait_procs(workers, timeout=60)
+        assert alive == [], f"OCR workers left behind: {[p.pid for p in alive]}"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
 @pytest.mark.slow
 def test_workers_end_when_their_parent_is_killed():
     """A parent killed without shutting its pool down (SIGKILL) leaves no OCR worker behind: the workers hold their
