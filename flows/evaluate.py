@@ -20,6 +20,7 @@ from mmrag.eval.evalset import load_evalset
 from mmrag.eval.results import write_run
 from mmrag.eval.run import EvalResult, new_run_id, run_evaluation
 from mmrag.config import MmragConfig
+from mmrag.progress import quiet_libraries
 from mmrag.pipelines.retrieve import Searcher
 
 
@@ -104,5 +105,7 @@ def evaluate_flow(
 
 
 def run_evaluate(queries: str | Path, config: MmragConfig, *, out_dir: str | Path | None = None) -> dict:
-    """Run the ``evaluate`` flow (see :func:`evaluate_flow`); returns its summary dict."""
+    """Run the ``evaluate`` flow (see :func:`evaluate_flow`); returns its summary dict. Prefect's per-task INFO lines
+    and libraries' chatter stay off the terminal unless ``ops.verbose``, as for the index flow."""
+    quiet_libraries(config.ops.verbose)
     return evaluate_flow(queries=str(queries), config=config, out_dir=str(out_dir) if out_dir else None)

@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from mmrag.eval.evalset import load_evalset
 from mmrag.config import MmragConfig
+from mmrag.progress import quiet_libraries
 from mmrag.eval.sweep import run_sweep, sweep_markdown, write_sweep
 from mmrag.flows.index import run_index
 from mmrag.pipelines.store import IndexStore
@@ -77,6 +78,8 @@ def sweep_flow(
 
 def run_sweep_flow(queries: str | Path, grid: dict, config: MmragConfig, *, sources: list[str] | None = None,
                    index: bool = False, out_dir: str | Path | None = None, report: bool = True) -> dict:
-    """Run the ``sweep`` flow (see :func:`sweep_flow`); returns its summary dict."""
+    """Run the ``sweep`` flow (see :func:`sweep_flow`); returns its summary dict. Prefect's per-task INFO lines and
+    libraries' chatter stay off the terminal unless ``ops.verbose``, as for the index flow."""
+    quiet_libraries(config.ops.verbose)
     return sweep_flow(queries=str(queries), grid=grid, config=config, sources=sources, index=index,
                       out_dir=str(out_dir) if out_dir else None, report=report)

@@ -63,6 +63,13 @@ def _with_target(cfg, target: str):
     return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"target": target})})
 
 
+def _labelled_target(entries) -> str:
+    """The targets an eval set has labels for: ``text``, ``images`` or ``both``."""
+    wants_text = any(e.relevant for e in entries)
+    wants_images = any(e.relevant_images for e in entries)
+    return "both" if wants_text and wants_images else ("text" if wants_text else "images")
+
+
 @eval_app.command("check")
 def check(
     queries: Annotated[Path, typer.Argument(help="eval set (JSON Lines)")],
@@ -77,9 +84,7 @@ def check(
     entries = load_entries(queries)
     open_existing_store(cfg)
 
-    wants_text = any(e.relevant for e in entries)
-    wants_images = any(e.relevant_images for e in entries)
-    cfg = _with_target(cfg, "both" if wants_text and wants_images else ("text" if wants_text else "images"))
+    cfg = _with_target(cfg, _labelled_target(entries))
     try:
         snapshot = open_index(Searcher(cfg), cfg)
     except SearchError as exc:
@@ -185,10 +190,14 @@ def run(
     except ValueError as exc:
         fail(f"eval.cutoffs: {exc}")
     entries_path = Path(cfg.eval.queries)
-    load_entries(entries_path)  # fail fast, one line per bad entry
+    entries = load_entries(entries_path)  # fail fast, one line per bad entry
+    if target is None and cfg.eval.target == "both":  # a set with text labels only needs no image table, and so on
+        cfg = _with_target(cfg, _labelled_target(entries))
     open_existing_store(cfg)
     prepare_prefect_environment()
     from mmrag.flows.evaluate import run_evaluate  # deferred: Prefect takes seconds to import; only commands that run a flow pay it
+
+    quiet_prefect_errors()
 
     try:
         summary = run_evaluate(entries_path, cfg, out_dir=cfg.eval.out_dir)
@@ -348,6 +357,7 @@ def sweep(
     prepare_prefect_environment()
     from mmrag.flows.sweep import run_sweep_flow  # deferred: Prefect takes seconds to import; only commands that run a flow pay it
 
+    quiet_prefect_errors()
     try:
         summary = run_sweep_flow(entries_path, grid_data, cfg, sources=list(source or ["data/sample/"]), index=index,
                                  out_dir=cfg.eval.out_dir)
@@ -421,6 +431,7 @@ def answers(
         prepare_prefect_environment()
         from mmrag.flows.evaluate import run_evaluate  # deferred: Prefect takes seconds to import; only commands that run a flow pay it
 
+        quiet_prefect_errors()
         try:
             run_dir = Path(run_evaluate(entries_path, cfg, out_dir=cfg.eval.out_dir)["run_dir"])
         except SearchError as exc:

@@ -23,6 +23,7 @@ from mmrag.cli.common import (
     fail,
     load_entries,
     prepare_prefect_environment,
+    quiet_prefect_errors,
     report_module,
 )
 from mmrag.eval.sweep import GridError, load_grid
@@ -52,6 +53,8 @@ def main_command(
     prepare_prefect_environment()
     started = time.perf_counter()
     from mmrag.flows.index import run_index  # deferred: Prefect takes seconds to import; only commands that run a flow pay it
+
+    quiet_prefect_errors()
 
     typer.echo(f"[1/4] indexing {', '.join(sources)} into {cfg.store.db_uri}")
     summary = run_index(sources, cfg)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
 from mmrag.cli import app
+from tests.helpers import REPO_ROOT
 
 runner = CliRunner()
 
@@ -37,3 +41,40 @@ def test_missing_database_bad_kind_and_bad_cutoffs(tmp_path):
     result = runner.invoke(app, ["eval", "gate", "--run", str(tmp_path), "--baseline", str(tmp_path / "b.json"),
                                  "--metric", "recall@5"])
     assert result.exit_code == 2 and "not an eval run directory" in result.output
+
+
+def test_eval_run_on_a_text_only_index_is_quiet_and_fails_in_one_line(tmp_path):
+    """A real process, as a user runs it: on an index of pages without figures, a set with text labels only is
+    evaluated on text (no --target needed) without Prefect's per-task lines on stderr (they come with --verbose);
+    asking for images gets one ``mmrag: error:`` line, not Prefect's tracebacks."""
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    for name, title, text in (("fusion", "Rank fusion", "Reciprocal rank fusion adds one over sixty plus the rank."),
+                              ("hnsw", "Graph indexes", "HNSW builds a layered proximity graph and walks it greedily.")):
+        (pages / f"{name}.html").write_text(f"<html><head><title>{title}</title></head><body><article><h1>{title}</h1>"
+                                            f"<p>{text}</p></article></body></html>", encoding="utf-8")
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"id": "a", "query": "reciprocal rank fusion",
+                                   "relevant": [{"url": (pages / "fusion.html").resolve().as_uri()}]}) + "\n")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "MMRAG_STORE__RAW_DIR": str(tmp_path / "raw")}
+    env.pop("MMRAG_DEBUG", None)
+
+    def mmrag(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", "from mmrag.cli import app; app()", *args], capture_output=True,
+                              text=True, cwd=REPO_ROOT, env=env, timeout=300)
+
+    db = str(tmp_path / "db")
+    indexed = mmrag("index", str(pages), "--db", db, "--json")
+    assert indexed.returncode == 0, indexed.stderr[-2000:]
+    assert json.loads(indexed.stdout)["images_total"] == 0
+    run = ["eval", "run", "--queries", str(queries), "--db", db, "--out", str(tmp_path / "runs"), "--json"]
+    quiet = mmrag(*run)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert list(json.loads(quiet.stdout)["overall"]) == ["text"]
+    assert "Task run" not in quiet.stderr and "Finished in state" not in quiet.stderr, quiet.stderr[-2000:]
+    verbose = mmrag("--verbose", *run)
+    assert verbose.returncode == 0 and "Finished in state Completed" in verbose.stderr, verbose.stderr[-2000:]
+    images = mmrag(*run, "--target", "images")
+    assert images.returncode == 2
+    lines = images.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mmrag: error: no table 'images__minilm' in {db}; tables: "), lines
