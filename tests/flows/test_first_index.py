@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import lancedb
+import psutil
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
@@ -120,6 +121,19 @@ def _start(site: Path, tmp_path: Path, env: dict) -> subprocess.Popen:
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
+def _processes_of(marker: Path) -> list[psutil.Process]:
+    """Processes started with ``MMRAG_TEST_OCR_CALLS=marker`` in their environment (a run of this test and its
+    children, OCR workers included)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("MMRAG_TEST_OCR_CALLS") == str(marker):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("sig,moment,deferred", [
     (signal.SIGKILL, "ocr", False), (signal.SIGTERM, "embed", False), (signal.SIGKILL, "write", False),
@@ -199,3 +213,5 @@ def test_killed_first_index_resumes_with_every_page_once_and_little_ocr_again(tm
     assert len(images) == n_images and all(r["ocr_text"] and not r["ocr_pending"] for r in images)
     n_calls = len(calls.read_text().splitlines())
     assert n_calls <= 1.1 * n_images, f"{n_calls} OCR calls for {n_images} distinct images"
+    left = _processes_of(calls)  # the killed run's OCR workers, and the rerun's, are all gone
+    assert psutil.wait_procs(left, timeout=30)[1] == [], f"processes of the two runs left behind: {left}"
