@@ -20,6 +20,7 @@ from mmrag.config import ImageConfig, MmragConfig
 from mmrag.progress import Progress
 from mmrag.pipelines import incremental, rows, store
 from mmrag.pipelines.embed import Embedder, embed_in_batches
+from mmrag.pipelines.embedder_base import iter_batches
 from mmrag.pipelines.summary import IndexSummary
 from mmrag.pipelines.blip2_embedder import mean_pooled
 
@@ -104,7 +105,7 @@ def embed_in_tasks(items: list, embed_task, embedder, setting, config: MmragConf
     """``embed_task(group, embedder, setting, progress, label)`` over groups of ``ops.embed_task_rows`` items:
     in turn on threads (torch uses every core), all at once on Dask; returns the groups' results in order."""
     size = config.ops.embed_task_rows
-    groups = [items[i : i + size] for i in range(0, len(items), size)]
+    groups = list(iter_batches(items, size))
     bar = progress.bar(label, total=len(items))
     if config.ops.task_runner != "dask":  # one counter over every group, so a long stage reports as one
         parts = [embed_task(g, embedder, setting, progress.within(bar), label) for g in groups]

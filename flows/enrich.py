@@ -18,6 +18,7 @@ from mmrag.flows.embedding import image_vectors
 from mmrag.flows.image_text import OcrState, apply_torch_threads, collect_image_text, submit_image_text
 from mmrag.pipelines import rows, store
 from mmrag.pipelines.embed import Embedder
+from mmrag.pipelines.embedder_base import iter_batches
 from mmrag.pipelines.summary import IndexSummary
 from mmrag.progress import Progress
 
@@ -37,7 +38,7 @@ def enrich_pending_ocr(index_store: store.IndexStore, image_table: str, embedder
     by_sha: dict[str, list[dict]] = {}
     for row in pending:
         by_sha.setdefault(row["image_sha256"] or "", []).append(row)
-    groups = [shas[i : i + IMAGES_PER_COMMIT] for shas in [sorted(by_sha)] for i in range(0, len(shas), IMAGES_PER_COMMIT)]
+    groups = list(iter_batches(sorted(by_sha), IMAGES_PER_COMMIT))
     if not groups:
         return 0
     bar = progress.bar("ocr enrichment (rows)", total=len(pending))

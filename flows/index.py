@@ -10,8 +10,8 @@ image rows without the OCR text not read yet (``ocr_pending``), and :mod:`mmrag.
 those images on the OCR worker processes (``images.ocr_workers``, default one per core) and rewrites only
 their rows, at the end of this run or of the next one. Inline, two batches are in flight: while batch N
 waits for its OCR, embeds and commits, batch N+1 is already fetched, parsed and its images sent to the OCR
-workers, so OCR runs on the cores the embedding leaves. OCR results are saved per distinct image in ``ocr_results`` (within 0.2 s of each being read), so
-even an uncommitted batch's OCR is reused by the next run. Long stages report done/total, rate and
+workers, so OCR runs on the cores the embedding leaves. OCR results are saved per distinct image in
+``ocr_results`` (within 0.2 s of each being read), so even an uncommitted batch's OCR is reused by the next run. Long stages report done/total, rate and
 ETA on stderr (:mod:`mmrag.progress`), bars on a terminal, a line every ``ops.progress_log_s``
 otherwise; the summary has per-stage seconds, items and rates, batches and the longest gap between
 commits (``commit_gap_max_s``, the measured loss bound).
@@ -66,6 +66,7 @@ from mmrag.records import Chunk, FetchResult, ParsedDocument, sha256_hex
 from mmrag.pipelines import generate, guard, incremental, rows, store
 from mmrag.pipelines.chunk import chunk_document
 from mmrag.pipelines.embed import Embedder, LazyEmbedder, load_now
+from mmrag.pipelines.embedder_base import iter_batches
 from mmrag.pipelines.fetch import Fetcher
 from mmrag.pipelines.images import inspect_image
 from mmrag.pipelines.parse import parse_html
@@ -418,10 +419,6 @@ class BatchSizer:
         self.last = now
 
 
-def _groups(items: Sequence, size: int) -> list[list]:
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]
-
-
 def _prepare_batch(batch: Sequence[PageTarget], run: _IndexRun) -> _Prepared:
     """Fetch and parse one batch, fetch its images and start their OCR (which runs on while this returns)."""
     config, summary, index_store, fetcher, embedder = run.config, run.summary, run.index_store, run.fetcher, run.embedder
@@ -432,7 +429,7 @@ def _prepare_batch(batch: Sequence[PageTarget], run: _IndexRun) -> _Prepared:
         # limits hold either way). Dask: groups of ops.fetch_task_pages, the unit spread over workers.
         # Parse and image fetches are grouped the same way.
         size = config.ops.fetch_task_pages if config.ops.task_runner == "dask" else max(len(batch), 1)
-        futures = [fetch_pages.submit(g, fetcher, config.fetch.concurrency, len(g) - 1) for g in _groups(batch, size)]
+        futures = [fetch_pages.submit(g, fetcher, config.fetch.concurrency, len(g) - 1) for g in iter_batches(batch, size)]
         fetched = [r for f in futures for r in f.result()]
     summary.count_stage("fetch", len(batch))
     urls = [t.url for t in batch]
@@ -456,13 +453,13 @@ def _prepare_batch(batch: Sequence[PageTarget], run: _IndexRun) -> _Prepared:
     if to_parse:
         load_now(embedder)  # a lazy embedder loads here, timed as its own stage, not inside the first parse task
     with summary.timed("parse_chunk"):
-        futures = [parse_pages.submit(g, embedder, config, len(g) - 1) for g in _groups(to_parse, size)]
+        futures = [parse_pages.submit(g, embedder, config, len(g) - 1) for g in iter_batches(to_parse, size)]
         pages: list[ParsedPage] = [page for f in futures for page in f.result()]
     summary.count_stage("parse_chunk", len(to_parse))
     good = [p for p in pages if p.doc is not None]
     with summary.timed("images"):
         futures = [fetch_images_of_pages.submit(g, fetcher, config, config.fetch.concurrency, len(g) - 1)
-                   for g in _groups(good, size)]
+                   for g in iter_batches(good, size)]
         occurrences = [occ for f in futures for occ in f.result()]
     summary.count_stage("images", len(occurrences))
     if ocr.enabled:
