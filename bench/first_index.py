@@ -12,11 +12,15 @@ images with the same engine settings, one after the other in this process (the e
   default run;
 * pipeline / bare (target ≤ 1.3) and OCR-on / OCR-off wall time (target ≤ 1.5), whole run and until
   searchable; the same ratios for the inline run;
-* the OCR words-found ratio: words of the stored OCR text found in full-size OCR of the same images with
-  the engine settings used before issue #15 (rapidocr's own detection size, up to 2000 px; direction
-  classifier on; recognition padded to 320 px; rapidocr's original models), as a
-  multiset of lower-cased alphanumeric words of 2+ characters, summed over images (target ≥ 0.95);
-  the reference texts are cached in ``--workdir`` (``ocr-reference.json``).
+* the OCR words-found ratio (target ≥ 0.95): the share of the words a person reads in 60 of the figures
+  (``data/eval/colah-figure-text.jsonl``, transcribed by hand) that the default run's stored OCR text has,
+  divided by the same share for full-size OCR of the same images with the engine settings used before
+  issue #15 (PP-OCRv4; rapidocr's own detection size, up to 2000 px; direction classifier on; recognition
+  padded to 320 px; rapidocr's original models). Words: the multiset of lower-cased alphanumeric words of
+  2+ characters after NFKC, summed over figures. Also printed: how many words of the full-size reading
+  the defaults' reading has (over all figures); a different model reads differently (``x₁`` for ``x1``,
+  ``chunk size`` for ``chunksize``), so that agreement is not a measure of words found. The reference
+  texts are cached in ``--workdir`` (``ocr-reference.json``).
 
     .venv/bin/python -m bench.first_index                    # all of it (about 10 min on 2 idle cores)
     .venv/bin/python -m bench.first_index --write-results    # and replace the first_index section of RESULTS.md
@@ -32,6 +36,7 @@ import os
 import re
 import shutil
 import time
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -42,7 +47,10 @@ from bench.retrieval_quality import CORPUS, serve
 
 SECTION = "first_index"
 #: OCR settings before issue #15 ("today's full-size OCR" of the words-found reference): rapidocr's original models.
-REFERENCE_OCR = {"ocr_max_side": 0, "ocr_angle_cls": True, "ocr_rec_width": 320, "ocr_fold_models": False}
+REFERENCE_OCR = {"ocr_models": "pp-ocrv4", "ocr_max_side": 0, "ocr_angle_cls": True, "ocr_rec_width": 320,
+                 "ocr_fold_models": False}
+#: 60 of the colah figures (a seeded random sample of the 175 distinct ones), their printed text transcribed by hand.
+FIGURE_TEXT = Path(__file__).resolve().parents[1] / "data" / "eval" / "colah-figure-text.jsonl"
 
 
 def load_average() -> str:
@@ -50,8 +58,23 @@ def load_average() -> str:
 
 
 def words(text: str) -> Counter:
-    """Lower-cased alphanumeric words of 2+ characters, with their counts."""
-    return Counter(w for w in re.findall(r"[a-z0-9]+", (text or "").lower()) if len(w) >= 2)
+    """Lower-cased alphanumeric words of 2+ characters, with their counts (after Unicode NFKC, so a subscript
+    ``x₁`` counts as ``x1``, the way the hand transcriptions write it)."""
+    folded = unicodedata.normalize("NFKC", text or "").lower()
+    return Counter(w for w in re.findall(r"[a-z0-9]+", folded) if len(w) >= 2)
+
+
+def figure_text_truth(path: Path = FIGURE_TEXT) -> dict[str, str]:
+    """The hand transcriptions of colah figures (``data/eval/colah-figure-text.jsonl``): text by image sha256."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {row["sha256"]: row["text"] for row in rows}
+
+
+def truth_recall(truth: dict[str, str], found: dict[str, str]) -> tuple[float, int]:
+    """(share of the transcribed words that ``found`` reads, transcribed words) over the figures of ``truth``
+    that ``found`` has (an image the run did not read counts as read with no words)."""
+    hit, total = words_found(truth, found)
+    return (hit / total if total else 1.0), total
 
 
 def words_found(reference: dict[str, str], found: dict[str, str]) -> tuple[int, int]:
@@ -166,14 +189,17 @@ def main(argv: list[str] | None = None) -> int:
         reference.update(fresh)
         reference_file.write_text(json.dumps(reference))
     reference = {sha: reference[sha] for sha in blobs}
+    inline_ocr = stored_work(workdir / "db-ocr-inline")[2]
+    truth = {sha: text for sha, text in figure_text_truth().items() if sha in blobs}
+    (run_recall, truth_words), (ref_recall, _), (inline_recall, _) = (
+        truth_recall(truth, found) for found in (stored_ocr, reference, inline_ocr))
     hit, total = words_found(reference, stored_ocr)
-    inline_hit, _ = words_found(reference, stored_work(workdir / "db-ocr-inline")[2])
     load_after = load_average()
 
     bare = embed_s + ocr_s
     ratio_bare = wall_on / bare
     ratio_ocr = wall_on / wall_off
-    ratio_words = hit / total if total else 1.0
+    ratio_words = run_recall / ref_recall if ref_recall else 1.0
     per_image_ref = f"{ref_s / len(missing):.2f}" if ref_s else "cached"
     stages = ", ".join(f"{k} {v:.1f}s" + (f" ({on.stage_rate[k]:g}/s)" if k in on.stage_rate else "")
                        for k, v in on.stage_seconds.items())
@@ -203,10 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         f"| pipeline / bare | {ratio_bare:.2f} | ≤ 1.3 {'met' if ratio_bare <= 1.3 else 'NOT met'} |",
         f"| OCR on / OCR off, whole run | {ratio_ocr:.2f} | ≤ 1.5 {'met' if ratio_ocr <= 1.5 else 'NOT met'} |",
         f"| OCR on / OCR off, until every page is searchable | {on.pages_committed_s / wall_off:.2f} | |",
-        f"| OCR words found vs full-size OCR ({total} reference words; reference {per_image_ref} s/image) | "
-        f"{ratio_words:.3f} | ≥ 0.95 {'met' if ratio_words >= 0.95 else 'NOT met'} |",
+        f"| transcribed words read ({len(truth)} figures transcribed by hand, {truth_words} words): defaults / "
+        f"full-size OCR | {run_recall:.3f} / {ref_recall:.3f} | |",
+        f"| OCR words found, defaults / full-size OCR | {ratio_words:.3f} | ≥ 0.95 {'met' if ratio_words >= 0.95 else 'NOT met'} |",
+        f"| words of the full-size reading also in the defaults' ({total} words; reference {per_image_ref} s/image) | "
+        f"{hit / total if total else 1.0:.3f} | |",
         f"| inline: pipeline / bare, OCR on / off, words found | {wall_inline / bare:.2f}, {wall_inline / wall_off:.2f}, "
-        f"{inline_hit / total if total else 1.0:.3f} | |",
+        f"{inline_recall / ref_recall if ref_recall else 1.0:.3f} | |",
         "",
         f"Stages of the default run (seconds, rate in items/s): {stages} ({on.ocr_report()}). OCR-off run: "
         + ", ".join(f"{k} {v:.1f}s" for k, v in off.stage_seconds.items()) + ". Inline run: "

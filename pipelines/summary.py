@@ -121,6 +121,7 @@ class IndexSummary:
     images_vectors_reused: int = 0
     images_pixel_vectors: int = 0
     ocr_backend: str = ""
+    ocr_models: str = ""  # the models rapidocr ran (pp-ocrv6-tiny, pp-ocrv4); "" for tesseract
     ocr_engine: str = ""
     ocr_images: int = 0
     ocr_reused: int = 0
@@ -238,7 +239,8 @@ class IndexSummary:
         """One line: images OCR'd, time per image and stored OCR text reused (or why OCR did not run)."""
         if self.ocr_note and not (self.ocr_images or self.ocr_reused):
             return self.ocr_note
-        ran = (f"{self.ocr_images} images read with {self.ocr_backend} in {self.ocr_seconds:.1f}s "
+        engine = f"{self.ocr_backend} ({self.ocr_models})" if self.ocr_models else self.ocr_backend
+        ran = (f"{self.ocr_images} images read with {engine} in {self.ocr_seconds:.1f}s "
                f"({self.ocr_seconds_per_image or 0:.2f} s/image)" if self.ocr_images else "0 images read")
         deferred = ""
         if self.ocr_pending_written or self.ocr_enriched_rows or self.ocr_pending_left:

@@ -138,4 +138,6 @@ def test_summary_reports_ocr_time_per_image():
     assert "4 images read with rapidocr in 10.0s (2.50 s/image), 3 reused" in summary.to_text()
     assert "| ocr | 4 images read" in summary.to_markdown()
     assert IndexSummary(ocr_note="off (images.ocr is false)").ocr_report() == "off (images.ocr is false)"
+    named = IndexSummary(ocr_backend="rapidocr", ocr_models="pp-ocrv6-tiny", ocr_images=2, ocr_seconds=1.0)
+    assert named.ocr_report().startswith("2 images read with rapidocr (pp-ocrv6-tiny) in 1.0s (0.50 s/image)")
     assert IndexSummary().ocr_seconds_per_image is None

