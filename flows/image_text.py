@@ -55,8 +55,9 @@ class OcrState:
     so far (by sha256), the images being read, and results not saved yet.
 
     Results are saved to the ``ocr_results`` table by a saver thread as they arrive, those arriving within
-    ``SAVE_GAP_S`` of each other together (and at the end, on any exit that runs ``finally`` blocks, SIGTERM
-    included), so an interrupted run loses the images in flight plus at most ``SAVE_GAP_S`` of results.
+    ``SAVE_GAP_S`` of each other together unless ``SAVE_MAX_UNSAVED`` are already waiting (and at the end, on any
+    exit that runs ``finally`` blocks, SIGTERM included). So an interrupted run loses the images in flight plus at
+    most ``SAVE_MAX_UNSAVED`` results and those arriving during one save, however fast the images are read.
     """
 
     enabled: bool
@@ -76,6 +77,7 @@ class OcrState:
     _unsaved: list[dict] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _wake: threading.Event = field(default_factory=threading.Event)
+    _full: threading.Event = field(default_factory=threading.Event)  # SAVE_MAX_UNSAVED results are waiting
     _saver: threading.Thread | None = None
     _closing: bool = False
     _first_submit: float | None = None
@@ -83,6 +85,7 @@ class OcrState:
 
     SAVE_EVERY_S = 1.0
     SAVE_GAP_S = 0.2
+    SAVE_MAX_UNSAVED = 2
 
     def pool(self) -> OcrPool:
         """The OCR workers, started on first use (a run with no new image starts none)."""
@@ -115,6 +118,8 @@ class OcrState:
             self._last_done = time.monotonic()
             self._unsaved.append({"image_sha256": sha, "engine": self.engine, "text": text, "error": error,
                                   "seconds": seconds, "created_at": datetime.now(timezone.utc)})
+            if len(self._unsaved) >= self.SAVE_MAX_UNSAVED:
+                self._full.set()
         self._wake.set()
         if self.bar is not None:
             self.bar.advance(1)
@@ -143,11 +148,14 @@ class OcrState:
         while not self._closing:
             self._wake.wait(self.SAVE_EVERY_S)
             self._wake.clear()
+            self._full.clear()
             try:
                 self.save()
             except Exception as exc:  # noqa: BLE001 - a failed save costs reuse later, not the run
                 get_logger("mmrag.ocr").warning("could not save OCR results: %s", exc)
-            time.sleep(self.SAVE_GAP_S)  # one table version per gap, not per image
+            # One table version per gap, not per image, unless results arrive faster than that (small figures
+            # read in milliseconds): then one per SAVE_MAX_UNSAVED results, which bounds what a kill loses.
+            self._full.wait(self.SAVE_GAP_S)
 
     def close(self, *, cancel: bool = False) -> None:
         """Stop the workers (``cancel``: drop images not started) and save every result that arrived."""
@@ -155,6 +163,7 @@ class OcrState:
             self._pool.close(cancel=cancel)
         self._closing = True
         self._wake.set()
+        self._full.set()
         if self._saver is not None:
             self._saver.join(timeout=30)
         self.save()

@@ -147,8 +147,9 @@ def test_killed_first_index_resumes_with_every_page_once_and_little_ocr_again(tm
     if not ocr_available():
         pytest.skip("no OCR engine installed")
     pages = 12
-    # A kill loses the images in flight plus up to OcrState.SAVE_GAP_S of results, a few images whatever the corpus
-    # size; the enrichment pass reads these small figures ~10 a second on 2 workers, so it gets more of them.
+    # A kill loses the images in flight plus up to OcrState.SAVE_MAX_UNSAVED results and those arriving during one
+    # save, a few images whatever the corpus size; the enrichment pass reads these small figures in ~20 ms each, so
+    # it gets more of them.
     per_page = 5 if deferred and moment == "ocr" else 3
     site, n_images = make_site(tmp_path / "site", pages=pages, images_per_page=per_page, paragraphs=40)
     hook = tmp_path / "hook"
