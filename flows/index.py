@@ -297,9 +297,9 @@ def _index_run(sources: list[str], config: MmragConfig, run_id: str) -> dict:
             _retire_dropped(sources, targets, source_errors, run)
         finally:
             ocr.close(cancel=True)  # on any exit (SIGTERM too): keep every OCR result that arrived
+            progress.stop()  # on any exit too: a failed run leaves no ticker writing lines afterwards
             for handle in handles:
                 handle.release()
-    progress.stop()
     summary.ocr_seconds = round(ocr.seconds, 3)
     if ocr.enabled:
         summary.ocr_pending_left = len(index_store.ocr_pending_rows(image_table))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import time
 
+import pytest
+
 from mmrag.flows.index import BatchSizer
 from mmrag.pipelines.summary import IndexSummary
 from mmrag.progress import Progress, quiet_libraries
@@ -93,3 +95,25 @@ def test_quiet_libraries_filters_prefect_info_on_the_console(monkeypatch):
     import os
 
     assert os.environ["TRANSFORMERS_VERBOSITY"] == "error"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_failed_index_run_leaves_no_progress_ticker_behind(tmp_path, monkeypatch):
+    """The plain-line ticker stops on any exit: a run that failed must not go on writing 'pages: …' lines into
+    whatever stderr is later (it did, 13 minutes on, into another command's one-line error)."""
+    import threading
+
+    from mmrag.flows import index as index_flow
+    from tests.flows.test_first_index import make_config, make_site
+
+    site, _ = make_site(tmp_path / "site", pages=2, images_per_page=0, paragraphs=2)
+    cfg = make_config(tmp_path, **{"images.ocr": False, "progress": False, "ops.progress_log_s": 0.2})
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("a stage failed")
+
+    monkeypatch.setattr(index_flow, "_retire_dropped", fails)
+    with pytest.raises(Exception, match="a stage failed"):
+        index_flow.run_index([str(site)], cfg)
+    time.sleep(1.2)  # the ticker wakes at least once a second
+    assert not [t for t in threading.enumerate() if t.name == "mmrag-progress" and t.is_alive()]
