@@ -175,7 +175,7 @@ def _rapidocr_engine(max_side: int, angle_cls: bool, rec_width: int, threads: in
 
     files = {}
     if models == "pp-ocrv6-tiny":
-        det, rec, keys = ppocrv6_tiny_paths() or (None, None, None)
+        det, rec, keys = ppocrv6_tiny_paths()  # present: resolve_models() chose these models
         files = {"det_model_path": str(det), "rec_model_path": str(rec), "rec_keys_path": str(keys)}
     elif fold:
         det, rec = rapidocr_model_paths()
@@ -215,9 +215,10 @@ def engine_key(backend: str, image_cfg: ImageConfig | None = None) -> str:
     if backend == "rapidocr":
         models = resolve_models(cfg)
         # PP-OCRv4 keys carry no model name: results stored before PP-OCRv6 keep matching
-        named = f" pp-ocrv6-tiny ({PPOCRV6_PACKAGE} {importlib.metadata.version(PPOCRV6_PACKAGE)})" if models != "pp-ocrv4" else ""
-        return (f"rapidocr-onnxruntime {importlib.metadata.version('rapidocr-onnxruntime')}{named} det-max{cfg.ocr_max_side} "
-                f"cls{int(cfg.ocr_angle_cls)} rec-w{cfg.ocr_rec_width}" + (f" {FOLD_VERSION}" if folds_models(cfg) else ""))
+        named = "" if models == "pp-ocrv4" else f" {models} ({PPOCRV6_PACKAGE} {importlib.metadata.version(PPOCRV6_PACKAGE)})"
+        return (f"rapidocr-onnxruntime {importlib.metadata.version('rapidocr-onnxruntime')}{named} "
+                f"det-max{cfg.ocr_max_side} cls{int(cfg.ocr_angle_cls)} rec-w{cfg.ocr_rec_width}"
+                + (f" {FOLD_VERSION}" if folds_models(cfg) else ""))
     return "tesseract psm11 eng"
 
 
