@@ -116,13 +116,17 @@ def stored_work(db: Path) -> tuple[list[str], dict[str, bytes], dict[str, str]]:
 
 
 def bare_embed_seconds(texts: list[str]) -> float:
+    """MiniLM over ``texts`` in one sentence-transformers call (which batches texts of similar length together)
+    at the batch size the pipeline uses by default."""
     from mmrag.config import EmbedConfig  # deferred: after isolate_prefect(); loads torch
     from mmrag.pipelines.embed import create_embedder
+    from mmrag.pipelines.embedder_base import resolve_batch_size
 
-    model = create_embedder(EmbedConfig())._model
-    model.encode(texts[:64], batch_size=64)  # warm-up
+    config = EmbedConfig()
+    model, batch_size = create_embedder(config)._model, resolve_batch_size(config)
+    model.encode(texts[:64], batch_size=batch_size)  # warm-up
     started = time.perf_counter()
-    model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
     return time.perf_counter() - started
 
 

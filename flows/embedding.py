@@ -20,7 +20,7 @@ from mmrag.config import ImageConfig, MmragConfig
 from mmrag.progress import Progress
 from mmrag.pipelines import incremental, rows, store
 from mmrag.pipelines.embed import Embedder, embed_in_batches
-from mmrag.pipelines.embedder_base import iter_batches
+from mmrag.pipelines.embedder_base import iter_batches, resolve_batch_size
 from mmrag.pipelines.summary import IndexSummary
 from mmrag.pipelines.blip2_embedder import mean_pooled
 
@@ -30,10 +30,10 @@ TEXT_SURROGATE = "text_surrogate"
 
 @task(name="embed-texts", cache_policy=NO_CACHE)
 def embed_texts(texts: list[str], embedder: Embedder, batch_size: int, progress: Progress, label: str) -> np.ndarray:
-    """Embed texts in batches, advancing the progress bar per batch."""
+    """Embed texts in batches of similar length (see :func:`embed_in_batches`), advancing the progress bar per batch."""
     bar = progress.bar(label, total=len(texts))
     vectors = embed_in_batches(texts, embedder.embed_texts, batch_size=batch_size, dimension=embedder.dimension,
-                               on_batch=bar.advance)
+                               on_batch=bar.advance, by_length=True)
     bar.close()
     return vectors
 
@@ -124,7 +124,8 @@ def embed_text_groups(texts: list[str], embedder, config: MmragConfig, progress:
     """Embed ``texts`` in tasks of ``ops.embed_task_rows`` (see :func:`embed_in_tasks`)."""
     if not texts:
         return np.empty((0, embedder.dimension), dtype=np.float32)
-    return np.concatenate(embed_in_tasks(texts, embed_texts, embedder, config.embed.batch_size, config, progress, label))
+    return np.concatenate(embed_in_tasks(texts, embed_texts, embedder, resolve_batch_size(config.embed), config, progress,
+                                         label))
 
 
 def vectors_for(keys: list[str], texts: list[str], table: str, key_column: str, embedder, index_store: store.IndexStore,

@@ -198,7 +198,11 @@ class EmbedConfig(_Section):
     """Which embedder, and how it runs."""
 
     name: str = "minilm"
-    batch_size: int = Field(64, ge=1, le=4096)
+    batch_size: int | None = Field(
+        None, ge=1, le=4096,
+        description="texts or images per forward pass; default: 8 on a CPU (larger batches run slower there: their "
+        "activations spill out of the caches; bench/RESULTS.md, first_index), 64 on a GPU",
+    )
     device: str = "auto"
     model_path: str | None = Field(None, description="local checkpoint directory; default: the embedder's own")
     checkpoint: str | None = Field(

@@ -38,7 +38,13 @@ import numpy as np
 from scipy.special import softmax  # zero-shot probabilities (re-exported for the CLI)
 
 from mmrag.config import EmbedConfig, ImageConfig
-from mmrag.pipelines.embedder_base import EmbedderSpec, EmbedderUnavailable, iter_batches, resolve_device
+from mmrag.pipelines.embedder_base import (
+    EmbedderSpec,
+    EmbedderUnavailable,
+    iter_batches,
+    resolve_batch_size,
+    resolve_device,
+)
 from mmrag.pipelines.images import load_rgb
 
 if TYPE_CHECKING:
@@ -253,7 +259,7 @@ class TextImageEmbedder:
     _model_dtype: torch.dtype
 
     def __init__(self, cfg: EmbedConfig):
-        self.batch_size = cfg.batch_size
+        self.batch_size = resolve_batch_size(cfg)
         self.device = resolve_device(cfg.device)
         self.dtype = cfg.dtype
         # Fast tokenizers raise "Already borrowed" when threads change truncation/padding state concurrently.

@@ -19,7 +19,14 @@ import numpy as np
 
 from mmrag.config import EmbedConfig
 from mmrag.pipelines import blip2_embedder, clip_embedder
-from mmrag.pipelines.embedder_base import Embedder, EmbedderSpec, EmbedderUnavailable, iter_batches, resolve_device
+from mmrag.pipelines.embedder_base import (
+    Embedder,
+    EmbedderSpec,
+    EmbedderUnavailable,
+    iter_batches,
+    resolve_batch_size,
+    resolve_device,
+)
 
 
 
@@ -105,19 +112,22 @@ def embed_in_batches(
     batch_size: int,
     dimension: int,
     on_batch: Callable[[int], None] | None = None,
+    by_length: bool = False,
 ) -> np.ndarray:
-    """Embed ``items`` batch by batch into one ``(n, dimension)`` float32 array.
+    """Embed ``items`` batch by batch into one ``(n, dimension)`` float32 array, in the order of ``items``.
 
-    ``on_batch`` is called with the size of each finished batch (progress reporting).
+    ``by_length``: batch texts of similar length together (longest first, by characters as sentence-transformers
+    does): a batch is padded to its longest text, so mixing a 40-token chunk with a 256-token one computes 216
+    padding tokens (bench/RESULTS.md, first_index). ``on_batch`` is called with the size of each finished batch.
     """
     out = np.empty((len(items), dimension), dtype=np.float32)
-    done = 0
-    for batch in iter_batches(items, batch_size):
+    order = sorted(range(len(items)), key=lambda i: -len(items[i])) if by_length else list(range(len(items)))
+    for positions in iter_batches(order, batch_size):
+        batch = [items[i] for i in positions]
         vectors = np.asarray(embed_batch(batch), dtype=np.float32)
         if vectors.shape != (len(batch), dimension):
             raise ValueError(f"embedder returned shape {vectors.shape}, expected {(len(batch), dimension)}")
-        out[done : done + len(batch)] = vectors
-        done += len(batch)
+        out[positions] = vectors
         if on_batch:
             on_batch(len(batch))
     return out
@@ -141,7 +151,7 @@ class SentenceTransformerEmbedder:
 
         self.name = name
         self.model_dir = model_dir
-        self.batch_size = cfg.batch_size
+        self.batch_size = resolve_batch_size(cfg)
         self._model = SentenceTransformer(str(model_dir), device=resolve_device(cfg.device), local_files_only=True)
         self.dimension = int(self._model.get_embedding_dimension())
         self.max_input_tokens = int(self._model.max_seq_length)

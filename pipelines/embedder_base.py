@@ -57,6 +57,21 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+#: Texts or images per forward pass on a CPU when ``embed.batch_size`` is not set. Larger batches run slower there:
+#: 64 texts of 256 tokens keep ~300 MB of activations (attention scores, the 1536-wide feed-forward layer), far
+#: beyond the caches; MiniLM over the colah posts' texts ran 1.4x faster at 8 than at 64 (bench/RESULTS.md).
+CPU_BATCH_SIZE = 8
+#: The same on a GPU, where a batch needs to be large to keep the device busy.
+GPU_BATCH_SIZE = 64
+
+
+def resolve_batch_size(cfg: EmbedConfig) -> int:
+    """``embed.batch_size`` when set, else :data:`CPU_BATCH_SIZE` on a CPU and :data:`GPU_BATCH_SIZE` on a GPU."""
+    if cfg.batch_size:
+        return cfg.batch_size
+    return CPU_BATCH_SIZE if resolve_device(cfg.device) == "cpu" else GPU_BATCH_SIZE
+
+
 def iter_batches(items: Sequence, batch_size: int) -> Iterable[Sequence]:
     """Consecutive slices of ``items`` of at most ``batch_size``."""
     for start in range(0, len(items), batch_size):

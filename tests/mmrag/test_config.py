@@ -23,7 +23,7 @@ def test_yaml_and_toml_files_and_cli_override(tmp_path):
     cfg = load_config(toml_file, {"store.db_uri": "/tmp/cli", "embed.batch_size": None})
     assert cfg.store.db_uri == "/tmp/cli"  # CLI beats file
     assert cfg.chunking.strategy == "window"  # file beats default
-    assert cfg.embed.batch_size == 64  # None means "flag not given"
+    assert load_config(yaml_file, {"embed.batch_size": None}).embed.batch_size == 8  # None means "flag not given"
 
 
 def test_env_vars_sit_below_file_and_cli(tmp_path, monkeypatch):
