@@ -12,6 +12,7 @@ pending by a run that stopped early are finished by the next one, from the OCR r
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 
 from mmrag.config import MmragConfig
 from mmrag.flows.embedding import image_vectors
@@ -25,13 +26,18 @@ from mmrag.progress import Progress
 #: Distinct images per commit of the enrichment pass: a kill loses at most this many images' re-embedding
 #: (their OCR text is saved in ``ocr_results`` as it arrives and reused).
 IMAGES_PER_COMMIT = 32
+#: Distinct images sent to the OCR workers and not yet collected: enough to keep every worker reading while the
+#: main thread re-embeds the groups before them, few enough to bound the image bytes held in memory. Images
+#: waiting for a worker cost nothing when a run is killed; only those being read are lost.
+OCR_AHEAD_IMAGES = 256
 
 
 def enrich_pending_ocr(index_store: store.IndexStore, image_table: str, embedder: Embedder, ocr: OcrState,
                        config: MmragConfig, summary: IndexSummary, progress: Progress, run_id: str) -> int:
     """Give every ``ocr_pending`` row of ``image_table`` its OCR text, re-embed it and rewrite it; returns the rows
-    rewritten. The next group's images are sent to the OCR workers before the current group is embedded and
-    committed, so the workers do not wait for the main thread."""
+    rewritten. Images are sent to the OCR workers up to ``OCR_AHEAD_IMAGES`` ahead of the group being embedded
+    and committed, so the workers never wait for the main thread (re-embedding a group of long surrogates takes
+    longer than reading its images)."""
     if not ocr.enabled:
         return 0
     pending = index_store.ocr_pending_rows(image_table)
@@ -51,10 +57,19 @@ def enrich_pending_ocr(index_store: store.IndexStore, image_table: str, embedder
             submit_image_text(occurrences, ocr, index_store, summary, progress)
         return occurrences
 
+    sent: deque[tuple[int, list[rows.ImageOccurrence]]] = deque()  # (distinct images, occurrences) per group
+    unsent = deque(groups)
+
+    def send_ahead() -> None:
+        while unsent and sum(images for images, _ in sent) < OCR_AHEAD_IMAGES:
+            group = unsent.popleft()
+            sent.append((len(group), send(group)))
+
     written = 0
-    following = send(groups[0])
-    for k in range(len(groups)):
-        current, following = following, (send(groups[k + 1]) if k + 1 < len(groups) else [])
+    send_ahead()
+    while sent:
+        current = sent.popleft()[1]
+        send_ahead()
         with summary.timed("ocr"):
             occurrences = collect_image_text(current, ocr, summary)
         # Read, or failed and recorded (or without stored bytes): no longer pending either way.

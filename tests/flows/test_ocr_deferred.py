@@ -86,3 +86,28 @@ def test_rows_left_pending_are_searchable_and_the_next_run_finishes_them_from_sa
     # Nothing pending any more: a third run reads nothing and rewrites nothing.
     third = run_index([str(site)], cfg)
     assert third.ocr_enriched_rows == 0 and calls["n"] == n_images - 2
+
+
+def test_enrichment_reads_images_ahead_of_the_group_it_embeds(tmp_path, ocr_calls, monkeypatch):
+    """Re-embedding a group of long surrogates takes longer than reading its images, so the OCR workers are sent
+    up to ``OCR_AHEAD_IMAGES`` images past the group being embedded, not only the next group."""
+    from mmrag.flows import enrich
+
+    site, n_images = make_site(tmp_path / "site", pages=4, images_per_page=2, paragraphs=1)
+    cfg = make_config(tmp_path, **{"images.ocr_workers": 0, "images.ocr_deferred": True})  # read when sent
+    monkeypatch.setattr(enrich, "IMAGES_PER_COMMIT", 2)
+    monkeypatch.setattr(enrich, "OCR_AHEAD_IMAGES", 4)
+    events = []
+    real_vectors = enrich.image_vectors
+
+    def embedding(occurrences, *args, **kwargs):
+        events.append(("embed", ocr_calls["n"]))
+        return real_vectors(occurrences, *args, **kwargs)
+
+    monkeypatch.setattr(enrich, "image_vectors", embedding)
+    summary = run_index([str(site)], cfg)
+
+    assert n_images == 8 and summary.ocr_enriched_rows == 8 and summary.ocr_pending_left == 0
+    # Groups of 2, at most 4 images waiting: 2 groups are sent, then each group collected lets one more go, so
+    # 6 images are read before the first group is embedded (4 when only the next group was sent ahead).
+    assert events == [("embed", 6), ("embed", 8), ("embed", 8), ("embed", 8)]
