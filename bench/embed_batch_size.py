@@ -25,10 +25,10 @@ import resource
 import time
 from pathlib import Path
 
-from bench._run import index, isolate_prefect
+from bench._run import isolate_prefect
 from bench.first_index import load_average
 from bench.machine import machine_info
-from bench.retrieval_quality import CORPUS, serve
+from bench.retrieval_quality import CORPUS, index_colah
 
 
 def index_texts(db: Path) -> list[str]:
@@ -43,13 +43,7 @@ def index_texts(db: Path) -> list[str]:
 
 def colah_texts(work: Path) -> list[str]:
     """Index the colah posts with OCR off into ``work`` and return their texts."""
-    server, base_url = serve(CORPUS, 0)
-    try:
-        sources = [f"{base_url}/posts/{p.name}/" for p in sorted((CORPUS / "posts").iterdir()) if p.is_dir()]
-        index(sources, work, "db-embed-batch", **{"images.ocr": False})
-    finally:
-        server.shutdown()
-    return index_texts(work / "db-embed-batch")
+    return index_texts(index_colah(work, "db-embed-batch", **{"images.ocr": False}))
 
 
 def measure(texts: list[str], batch_size: int, by_length: bool) -> tuple[float, float]:

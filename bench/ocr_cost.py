@@ -32,10 +32,10 @@ import os
 import time
 from pathlib import Path
 
-from bench._run import index, isolate_prefect
+from bench._run import isolate_prefect
 from bench.first_index import REFERENCE_OCR, figure_text_truth, load_average, truth_recall, words_found
 from bench.machine import machine_info
-from bench.retrieval_quality import CORPUS, serve
+from bench.retrieval_quality import CORPUS, index_colah
 
 
 def image_blobs(db: Path) -> dict[str, bytes]:
@@ -51,13 +51,7 @@ def image_blobs(db: Path) -> dict[str, bytes]:
 
 def colah_blobs(work: Path) -> dict[str, bytes]:
     """Index the colah posts with OCR off into ``work`` and return their images."""
-    server, base_url = serve(CORPUS, 0)
-    try:
-        sources = [f"{base_url}/posts/{p.name}/" for p in sorted((CORPUS / "posts").iterdir()) if p.is_dir()]
-        index(sources, work, "db-ocr-cost", **{"images.ocr": False})
-    finally:
-        server.shutdown()
-    return image_blobs(work / "db-ocr-cost")
+    return image_blobs(index_colah(work, "db-ocr-cost", **{"images.ocr": False}))
 
 
 def parse_variant(text: str) -> tuple[str, dict]:

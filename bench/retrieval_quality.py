@@ -25,7 +25,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from threading import Thread
 
-from bench._run import ROOT, isolate_prefect
+from bench._run import ROOT, index, isolate_prefect
 from bench.machine import machine_info
 from bench.results import replace_section
 from mmrag.config import load_config
@@ -59,6 +59,17 @@ def serve(root: Path, port: int) -> tuple[ThreadingHTTPServer, str]:
     server = ThreadingHTTPServer(("127.0.0.1", port), functools.partial(_Quiet, directory=str(root)))
     Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def index_colah(work: Path, db: str, **overrides) -> Path:
+    """Serve the colah posts on loopback and index them into ``work/db`` (``index`` overrides); returns the db."""
+    server, base_url = serve(CORPUS, 0)
+    try:
+        sources = [f"{base_url}/posts/{p.name}/" for p in sorted((CORPUS / "posts").iterdir()) if p.is_dir()]
+        index(sources, work, db, **overrides)
+    finally:
+        server.shutdown()
+    return work / db
 
 
 def grid_points(quick: bool, only: list[str] | None = None, hyde: bool = False,
