@@ -158,8 +158,8 @@ class ImageConfig(_Section):
         "read yet are marked ocr_pending and searchable by caption and context), then the run reads those images "
         "on every core and re-embeds only their rows. A run that stops first leaves them pending; the next run with "
         "OCR on finishes them, reusing every result saved. False: each batch waits for its images' OCR, which runs "
-        "beside the embedding (1-7 % less time in all on 2 cores, image rows embedded once, but no page committed before its OCR: "
-        "bench/RESULTS.md, first_index)",
+        "beside the embedding (image rows embedded once; on 2 cores within ±5 % of deferred in all, but no page committed "
+        "before its OCR: bench/RESULTS.md, first_index)",
     )
     ocr_workers: int | None = Field(
         None, ge=0, le=256,
