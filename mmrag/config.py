@@ -203,7 +203,7 @@ class EmbedConfig(_Section):
     batch_size: int | None = Field(
         None, ge=1, le=4096,
         description="texts or images per forward pass; default: 8 on a CPU (larger batches run slower there: their "
-        "activations spill out of the caches; bench/RESULTS.md, first_index), 64 on a GPU",
+        "activations spill out of the caches; bench/RESULTS.md, embed_batch_size), 64 on a GPU",
     )
     device: str = "auto"
     model_path: str | None = Field(None, description="local checkpoint directory; default: the embedder's own")

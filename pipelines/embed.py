@@ -118,7 +118,7 @@ def embed_in_batches(
 
     ``by_length``: batch texts of similar length together (longest first, by characters as sentence-transformers
     does): a batch is padded to its longest text, so mixing a 40-token chunk with a 256-token one computes 216
-    padding tokens (bench/RESULTS.md, first_index). ``on_batch`` is called with the size of each finished batch.
+    padding tokens (bench/RESULTS.md, embed_batch_size). ``on_batch`` is called with the size of each finished batch.
     """
     out = np.empty((len(items), dimension), dtype=np.float32)
     order = sorted(range(len(items)), key=lambda i: -len(items[i])) if by_length else list(range(len(items)))

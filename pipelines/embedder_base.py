@@ -59,7 +59,8 @@ def resolve_device(device: str) -> str:
 
 #: Texts or images per forward pass on a CPU when ``embed.batch_size`` is not set. Larger batches run slower there:
 #: 64 texts of 256 tokens keep ~300 MB of activations (attention scores, the 1536-wide feed-forward layer), far
-#: beyond the caches; MiniLM over the colah posts' texts ran 1.4x faster at 8 than at 64 (bench/RESULTS.md).
+#: beyond the caches; MiniLM over the colah posts' texts ran 1.4x faster at 8 than at 64, both batched by length
+#: (``python -m bench.embed_batch_size``, bench/RESULTS.md).
 CPU_BATCH_SIZE = 8
 #: The same on a GPU, where a batch needs to be large to keep the device busy.
 GPU_BATCH_SIZE = 64
