@@ -302,7 +302,7 @@ def _index_run(sources: list[str], config: MmragConfig, run_id: str) -> dict:
                 handle.release()
     summary.ocr_seconds = round(ocr.seconds, 3)
     if ocr.enabled:
-        summary.ocr_pending_left = len(index_store.ocr_pending_rows(image_table))
+        summary.ocr_pending_left = index_store.ocr_pending_count(image_table)
     if ocr.busy_s:  # the OCR stage's rate: images read per second of the time the workers were busy
         summary.stage_items["ocr"] = summary.ocr_images
         summary.stage_rate["ocr"] = round(ocr.read / ocr.busy_s, 2)

@@ -419,16 +419,26 @@ class IndexStore:
             wanted -= set(found)
         return found
 
+    def _with_ocr_pending(self, name: str):
+        """Image table ``name`` opened, or None when it does not exist or predates the ``ocr_pending`` column."""
+        if not self.has_table(name):
+            return None
+        table = self.db.open_table(name)
+        return table if "ocr_pending" in table.schema.names else None
+
     def ocr_pending_rows(self, name: str) -> list[dict[str, Any]]:
         """The rows of image table ``name`` committed before their OCR (``ocr_pending``), every column but the
         vectors; none when the table does not exist or predates the column."""
-        if not self.has_table(name):
-            return []
-        table = self.db.open_table(name)
-        if "ocr_pending" not in table.schema.names:
+        table = self._with_ocr_pending(name)
+        if table is None:
             return []
         columns = [c for c in table.schema.names if c not in ("vector", MULTIVECTOR)]
         return self.read_table(name, columns, where="ocr_pending = true").to_pylist()
+
+    def ocr_pending_count(self, name: str) -> int:
+        """How many rows of image table ``name`` wait for their OCR, counted without reading them."""
+        table = self._with_ocr_pending(name)
+        return 0 if table is None else table.count_rows("ocr_pending = true")
 
     def content_table_names(self) -> list[str]:
         """The ``chunks__*`` and ``images__*`` tables (every embedder and chunking setting)."""

@@ -142,3 +142,10 @@ def test_a_missing_required_column_is_refused_before_writing(tmp_path):
     with pytest.raises(ValueError, match="non-nullable column.*must"):
         s.upsert("t", pa.Table.from_pylist([{"id": "b", "must": "x"}], schema=schema))
     assert s.open_table("t").to_arrow().to_pylist() == [{"id": "a"}]
+
+
+def test_ocr_pending_count_is_zero_without_the_table_or_its_column(tmp_path):
+    s = store.IndexStore(str(tmp_path / "db"))
+    assert s.ocr_pending_count("images__minilm") == 0  # no table yet
+    s.upsert("chunks__toy__paragraph", _table(_chunks(["alpha text"])))
+    assert s.ocr_pending_count("chunks__toy__paragraph") == 0 and s.ocr_pending_rows("chunks__toy__paragraph") == []
