@@ -25,10 +25,8 @@ import resource
 import time
 from pathlib import Path
 
-from bench._run import isolate_prefect
-from bench.first_index import load_average
-from bench.machine import machine_info
-from bench.retrieval_quality import CORPUS, index_colah
+from bench.machine import load_average
+from bench.retrieval_quality import index_database
 
 
 def index_texts(db: Path) -> list[str]:
@@ -39,11 +37,6 @@ def index_texts(db: Path) -> list[str]:
     chunk_table = next(n for n in s.table_names() if n.startswith("chunks__minilm"))
     texts = s.read_table(chunk_table, ["text"]).column("text").to_pylist()
     return texts + s.read_table(store.images_table_name("minilm"), ["surrogate_text"]).column("surrogate_text").to_pylist()
-
-
-def colah_texts(work: Path) -> list[str]:
-    """Index the colah posts with OCR off into ``work`` and return their texts."""
-    return index_texts(index_colah(work, "db-embed-batch", **{"images.ocr": False}))
 
 
 def measure(texts: list[str], batch_size: int, by_length: bool) -> tuple[float, float]:
@@ -67,12 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", type=Path, default=None, help="index database whose texts are embedded (default: colah)")
     parser.add_argument("--sizes", default="64,32,16,8,4", help="batch sizes to measure by length (comma-separated)")
     args = parser.parse_args(argv)
-    work = isolate_prefect()
-    if args.db is None and not (CORPUS / "posts").is_dir():
-        print(f"skipped: no --db and the colah corpus is not at {CORPUS}")
+    db = index_database(args.db, "db-embed-batch")
+    if db is None:
         return 2
-    print(f"{machine_info()}\nload average at start: {load_average()}", flush=True)
-    texts = index_texts(args.db) if args.db else colah_texts(work)
+    texts = index_texts(db)
     print(f"{len(texts)} texts ({sum(map(len, texts)):,} characters); MiniLM, torch on every core", flush=True)
     settings = [(64, False)] + [(int(size), True) for size in args.sizes.split(",")]
     lines = ["| batch | order | wall s | CPU s | texts/s | wall, baseline / this |", "|---:|---|---:|---:|---:|---:|"]

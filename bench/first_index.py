@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import time
@@ -41,7 +40,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench._run import isolate_prefect
-from bench.machine import machine_info
+from bench.machine import load_average, machine_info
 from bench.results import RESULTS, replace_section
 from bench.retrieval_quality import CORPUS, serve
 
@@ -51,10 +50,6 @@ REFERENCE_OCR = {"ocr_models": "pp-ocrv4", "ocr_max_side": 0, "ocr_angle_cls": T
                  "ocr_fold_models": False}
 #: 60 of the colah figures (a seeded random sample of the 175 distinct ones), their printed text transcribed by hand.
 FIGURE_TEXT = Path(__file__).resolve().parents[1] / "data" / "eval" / "colah-figure-text.jsonl"
-
-
-def load_average() -> str:
-    return " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
 def words(text: str) -> Counter:
@@ -120,10 +115,9 @@ def bare_embed_seconds(texts: list[str]) -> float:
     at the batch size the pipeline uses by default."""
     from mmrag.config import EmbedConfig  # deferred: after isolate_prefect(); loads torch
     from mmrag.pipelines.embed import create_embedder
-    from mmrag.pipelines.embedder_base import resolve_batch_size
 
-    config = EmbedConfig()
-    model, batch_size = create_embedder(config)._model, resolve_batch_size(config)
+    embedder = create_embedder(EmbedConfig())
+    model, batch_size = embedder._model, embedder.batch_size
     model.encode(texts[:64], batch_size=batch_size)  # warm-up
     started = time.perf_counter()
     model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)

@@ -24,7 +24,6 @@ busy), then with the server idle. "server CPU s" is what the server used during 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -34,7 +33,7 @@ from bench._run import index, isolate_prefect, prefect_server_cpu_s, wait_for_pr
 
 from bench.corpus import (generate_site, in_flight_peaks, request_count, reset_in_flight_peaks, serve_hosts,
                           write_sitemap)
-from bench.machine import machine_info
+from bench.machine import load_average, machine_info
 
 if TYPE_CHECKING:
     from mmrag.pipelines.summary import IndexSummary
@@ -129,11 +128,6 @@ def print_report(runs: list[Run], hosts: list[str]) -> None:
           f"{fetch_seconds(seq.summary) / max(fetch_seconds(conc.summary), 1e-9):.2f}x in the network stages")
     print(f"re-index of the unchanged corpus / first index: {again.wall / conc.wall:.3f} (target <= 0.1); "
           f"right after the first index, server busy: {busy.wall / conc.wall:.3f}")
-
-
-def load_average() -> str:
-    """The 1, 5 and 15 minute load averages."""
-    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def main() -> None:

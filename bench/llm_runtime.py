@@ -37,7 +37,6 @@ import argparse
 import importlib.metadata as md
 import importlib.util
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -49,7 +48,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-from bench.machine import machine_info
+from bench.machine import load_average, machine_info
 from bench.results import RESULTS, replace_section
 
 SECTION = "## llm_runtime"
@@ -401,11 +400,6 @@ def install_cost(package: str, version: str, work: Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def load_average() -> str:
-    """The 1/5/15-minute load averages (other work on the machine slows both runtimes)."""
-    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def fmt(value: float | None, digits: int = 2) -> str:

@@ -6,6 +6,14 @@ import os
 import platform
 
 
+def load_average() -> str:
+    """The 1/5/15-minute load averages (other work on the machine skews every timing), or ``n/a``."""
+    try:
+        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except (AttributeError, OSError):  # no getloadavg on this platform, or it could not be read
+        return "n/a"
+
+
 def machine_info() -> str:
     """One line: CPU model, cores, memory, Python and key library versions."""
     cpu = platform.processor() or "cpu"

@@ -32,10 +32,9 @@ import os
 import time
 from pathlib import Path
 
-from bench._run import isolate_prefect
-from bench.first_index import REFERENCE_OCR, figure_text_truth, load_average, truth_recall, words_found
-from bench.machine import machine_info
-from bench.retrieval_quality import CORPUS, index_colah
+from bench.first_index import REFERENCE_OCR, figure_text_truth, truth_recall, words_found
+from bench.machine import load_average
+from bench.retrieval_quality import index_database
 
 
 def image_blobs(db: Path) -> dict[str, bytes]:
@@ -47,11 +46,6 @@ def image_blobs(db: Path) -> dict[str, bytes]:
     shas = {r["image_sha256"] for r in rows if r["status"] == "ok" and r["image_sha256"]}
     found = s.read_where(store.IMAGE_BLOBS, ["sha256", "data"], "sha256", shas).to_pylist()
     return {r["sha256"]: r["data"] for r in sorted(found, key=lambda r: r["sha256"])}
-
-
-def colah_blobs(work: Path) -> dict[str, bytes]:
-    """Index the colah posts with OCR off into ``work`` and return their images."""
-    return image_blobs(index_colah(work, "db-ocr-cost", **{"images.ocr": False}))
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -92,12 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="only the first N images (by sha256)")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    work = isolate_prefect()
-    if args.db is None and not (CORPUS / "posts").is_dir():
-        print(f"skipped: no --db and the colah corpus is not at {CORPUS}")
+    db = index_database(args.db, "db-ocr-cost")
+    if db is None:
         return 2
-    print(f"{machine_info()}\nload average at start: {load_average()}", flush=True)
-    blobs = image_blobs(args.db) if args.db else colah_blobs(work)
+    blobs = image_blobs(db)
     if args.limit:
         blobs = dict(list(blobs.items())[: args.limit])
     from mmrag.config import ImageConfig  # deferred: after isolate_prefect()

@@ -42,6 +42,7 @@ import pyarrow as pa
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+from bench.machine import load_average
 from bench.results import RESULTS, replace_section
 from mmrag.config import ChunkingConfig, EmbedConfig, MmragConfig, SearchConfig
 from mmrag.pipelines.maintenance import index_config, vector_index_name
@@ -133,14 +134,6 @@ def machine_info() -> dict[str, str]:
         "os": f"{platform.system()} {platform.release()}",
         **versions,
     }
-
-
-def load_average() -> str:
-    """The 1/5/15-minute load averages (other work on the machine skews latencies)."""
-    try:
-        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
 
 
 # --------------------------------------------------------------------------- corpus

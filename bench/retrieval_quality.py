@@ -26,7 +26,7 @@ from pathlib import Path
 from threading import Thread
 
 from bench._run import ROOT, index, isolate_prefect
-from bench.machine import machine_info
+from bench.machine import load_average, machine_info
 from bench.results import replace_section
 from mmrag.config import load_config
 from mmrag.eval.evalset import load_evalset
@@ -70,6 +70,18 @@ def index_colah(work: Path, db: str, **overrides) -> Path:
     finally:
         server.shutdown()
     return work / db
+
+
+def index_database(db: Path | None, name: str) -> Path | None:
+    """Start a bench that reads an index database: an isolated Prefect home, the machine and load line, then
+    ``db``, or when none is given the colah posts indexed with OCR off into ``name``; None (after saying why)
+    when there is neither."""
+    work = isolate_prefect()
+    if db is None and not (CORPUS / "posts").is_dir():
+        print(f"skipped: no --db and the colah corpus is not at {CORPUS}")
+        return None
+    print(f"{machine_info()}\nload average at start: {load_average()}", flush=True)
+    return db or index_colah(work, name, **{"images.ocr": False})
 
 
 def grid_points(quick: bool, only: list[str] | None = None, hyde: bool = False,
