@@ -16,7 +16,7 @@ from collections import deque
 
 from mmrag.config import MmragConfig
 from mmrag.flows.embedding import image_vectors
-from mmrag.flows.image_text import OcrState, apply_torch_threads, collect_image_text, submit_image_text
+from mmrag.flows.image_text import OcrState, collect_image_text, submit_image_text
 from mmrag.pipelines import rows, store
 from mmrag.pipelines.embed import Embedder
 from mmrag.pipelines.embedder_base import iter_batches
@@ -74,7 +74,6 @@ def enrich_pending_ocr(index_store: store.IndexStore, image_table: str, embedder
             occurrences = collect_image_text(current, ocr, summary)
         # Read, or failed and recorded (or without stored bytes): no longer pending either way.
         occurrences = [dataclasses.replace(o, ocr_pending=False) for o in occurrences]
-        apply_torch_threads(config, ocr)
         with summary.timed("embed"):
             vectors = image_vectors(occurrences, embedder, index_store, image_table, config, summary, progress)
         with summary.timed("write"):

@@ -170,9 +170,9 @@ class OcrState:
 
 
 def apply_torch_threads(config: MmragConfig, ocr: OcrState | None = None) -> None:
-    """Torch threads for the next embedding: ``ops.torch_threads`` when set; otherwise one per core, less one per
-    OCR worker busy right now. OCR processes beside a full set of torch threads oversubscribe the cores, and
-    torch's threads then wait at barriers (bench/RESULTS.md, first_index)."""
+    """Torch threads for the next embedding batch: ``ops.torch_threads`` when set; otherwise one per core, less
+    one per OCR worker busy right now. OCR processes beside a full set of torch threads oversubscribe the cores,
+    and torch's threads then wait at barriers (bench/RESULTS.md, first_index)."""
     torch = sys.modules.get("torch")
     if torch is None:
         return
@@ -183,6 +183,33 @@ def apply_torch_threads(config: MmragConfig, ocr: OcrState | None = None) -> Non
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
 
+
+
+class CoreSharingEmbedder:
+    """``embedder`` with torch's threads set before every batch it embeds (:func:`apply_torch_threads`): a core
+    for each OCR worker reading an image at that moment, every other core for the embedding. Set once per stage
+    instead, the threads stayed at one for the rest of a stage after the workers ran out of images, leaving a
+    core idle (bench/RESULTS.md, first_index). Everything else is ``embedder``'s own (a lazy embedder stays
+    unloaded until it embeds)."""
+
+    _GOVERNED = frozenset({"embed_texts", "embed_image_bytes", "embed_image_bytes_multi"})
+
+    def __init__(self, embedder, config: MmragConfig, ocr: OcrState):
+        self._embedder, self._config, self._ocr = embedder, config, ocr
+
+    def __getattr__(self, name: str):
+        value = getattr(self._embedder, name)
+        if name not in self._GOVERNED:
+            return value
+
+        def governed(*args, **kwargs):
+            apply_torch_threads(self._config, self._ocr)
+            return value(*args, **kwargs)
+
+        return governed
+
+    def __repr__(self) -> str:
+        return f"CoreSharingEmbedder({self._embedder!r})"
 
 def start_ocr(config: MmragConfig, summary: IndexSummary, index_store: store.IndexStore | None = None) -> OcrState:
     """The run's :class:`OcrState`; when ``images.ocr`` is on but no engine is installed, the summary says so once."""

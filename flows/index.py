@@ -58,7 +58,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from mmrag.flows.embedding import PIXELS, ImageVectors, image_vectors, vectors_for
 from mmrag.flows.enrich import enrich_pending_ocr
-from mmrag.flows.image_text import (CaptionState, OcrState, apply_torch_threads, caption_missing_images, collect_image_text,
+from mmrag.flows.image_text import (CaptionState, CoreSharingEmbedder, OcrState, caption_missing_images, collect_image_text,
                                     start_captioning, start_ocr, submit_image_text)
 from mmrag.config import MmragConfig
 from mmrag.progress import Progress, quiet_libraries
@@ -254,7 +254,7 @@ def _index_run(sources: list[str], config: MmragConfig, run_id: str) -> dict:
     captioning = start_captioning(config, summary)
 
     with Fetcher(config.fetch, RawStore(config.store.raw_dir)) as real_fetcher:
-        fetcher, shared_embedder, handles = _task_arguments(config, real_fetcher, embedder)
+        fetcher, shared_embedder, handles = _task_arguments(config, real_fetcher, embedder, ocr)
         run = _IndexRun(run_id, config, index_store, fetcher, shared_embedder, chunk_table, image_table, summary,
                         progress, ocr, captioning)
         try:
@@ -329,10 +329,11 @@ def _index_run(sources: list[str], config: MmragConfig, run_id: str) -> dict:
     return summary.to_dict()
 
 
-def _task_arguments(config: MmragConfig, fetcher: Fetcher, embedder: Embedder):
-    """The fetcher and embedder as tasks get them: themselves on threads, picklable handles on Dask."""
+def _task_arguments(config: MmragConfig, fetcher: Fetcher, embedder: Embedder, ocr: OcrState):
+    """The fetcher and embedder as tasks get them: on threads, the fetcher and the embedder sharing the cores with
+    the OCR workers batch by batch (:class:`CoreSharingEmbedder`); picklable handles on Dask."""
     if config.ops.task_runner != "dask":
-        return fetcher, embedder, []
+        return fetcher, CoreSharingEmbedder(embedder, config, ocr), []
 
     handles = [SharedHandle("fetcher", config, fetcher), SharedHandle("embedder", config, embedder)]
     return handles[0], handles[1], handles
@@ -492,7 +493,6 @@ def _embed_chunks(prepared: _Prepared, run: _IndexRun) -> _EmbeddedChunks:
     summary = run.summary
     chunks, good_urls = [c for p in prepared.good for c in p.chunks], prepared.good_urls
     plan = incremental.plan_chunks(chunks, {u: rows_ for u, rows_ in prepared.stored_chunks.items() if u in good_urls})
-    apply_torch_threads(run.config, run.ocr)
     with summary.timed("embed"):
         vectors, reused = vectors_for([c.content_hash for c in plan.new], [c.search_text for c in plan.new], run.chunk_table,
                                       "content_hash", run.embedder, run.index_store, run.config, run.progress, "embed chunks")

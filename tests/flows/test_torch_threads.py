@@ -33,3 +33,42 @@ def test_torch_threads_leave_a_core_to_each_busy_ocr_worker(monkeypatch):
         assert torch.get_num_threads() == 1  # an explicit setting wins
     finally:
         torch.set_num_threads(before)
+
+
+class _ThreadsSeen:
+    """An embedder that records torch's thread count at each batch it is given."""
+
+    name, modalities, dimension = "seen", frozenset({"text"}), 2
+
+    def __init__(self):
+        self.threads: list[int] = []
+
+    def embed_texts(self, texts):
+        self.threads.append(torch.get_num_threads())
+        return [[0.0, 1.0] for _ in texts]
+
+
+def test_core_sharing_embedder_sets_threads_before_every_batch(monkeypatch):
+    from mmrag.flows.image_text import CoreSharingEmbedder
+    from mmrag.pipelines.embed import embed_in_batches
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    before = torch.get_num_threads()
+    reading = Future()
+    ocr = OcrState(True, workers=2, pending={"a": reading})
+    inner = _ThreadsSeen()
+    embedder = CoreSharingEmbedder(inner, MmragConfig(), ocr)
+    assert (embedder.name, embedder.dimension) == ("seen", 2)  # everything else is the embedder's own
+    assert not hasattr(embedder, "embed_image_bytes")  # a text embedder stays one (produces_multivectors etc.)
+
+    def batch(texts):
+        if len(inner.threads) == 1:  # the worker finishes its image after the first batch
+            reading.set_result(("text", None, 0.1))
+        return embedder.embed_texts(texts)
+
+    try:
+        embed_in_batches(["a", "b", "c", "d"], batch, batch_size=2, dimension=2)
+        # one worker busy: three threads for the first batch; the worker done: all four for the next one
+        assert inner.threads == [3, 4]
+    finally:
+        torch.set_num_threads(before)
