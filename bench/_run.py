@@ -1,12 +1,30 @@
-"""Shared set-up of the index benchmarks: an isolated Prefect home and one helper to run an index."""
+"""Shared set-up of the index benchmarks: an isolated Prefect home, the colah corpus served on loopback and one
+helper to run an index. Light to import (no mmrag module at the top): a bench that runs an index in its own
+process is the main module its OCR workers import again when they start (multiprocessing's spawn)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from threading import Thread
 
 ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT.parent / "shared" / "corpora" / "colah"
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - http.server's signature
+        pass
+
+
+def serve(root: Path, port: int) -> tuple[ThreadingHTTPServer, str]:
+    """``root`` over HTTP on 127.0.0.1:``port`` in a thread; returns the server and its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), functools.partial(_Quiet, directory=str(root)))
+    Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def isolate_prefect() -> Path:

@@ -17,15 +17,12 @@ Tune nothing to one question: the colah set is for development; held-out sets ar
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import time
 from statistics import mean, median
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from threading import Thread
 
-from bench._run import ROOT, index, isolate_prefect
+from bench._run import CORPUS, ROOT, index, isolate_prefect, serve
 from bench.machine import load_average, machine_info
 from bench.results import replace_section
 from mmrag.config import load_config
@@ -35,7 +32,6 @@ from mmrag.eval.sweep import point_config, run_sweep, setting_id
 from mmrag.flows.index import run_index
 from mmrag.pipelines.retrieve import Searcher
 
-CORPUS = ROOT.parent / "shared" / "corpora" / "colah"
 QUERIES = ROOT / "data" / "eval" / "colah.jsonl"
 METRICS = ("recall@5", "ndcg@10", "mrr")
 SEED = {"preset": "seed"}
@@ -47,18 +43,6 @@ CHUNKINGS = {
 }
 SEARCHES = {"seed": SEED, "cosine": {"mode": "cosine"}, "hybrid": {"mode": "hybrid", "hybrid_fusion": "rrf"},
             "hybrid-linear": {"mode": "hybrid", "hybrid_fusion": "linear", "hybrid_vector_weight": 0.8}}
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - http.server's signature
-        pass
-
-
-def serve(root: Path, port: int) -> tuple[ThreadingHTTPServer, str]:
-    """``root`` over HTTP on 127.0.0.1:``port`` in a thread; returns the server and its base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", port), functools.partial(_Quiet, directory=str(root)))
-    Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def index_colah(work: Path, db: str, **overrides) -> Path:
