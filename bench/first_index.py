@@ -1,17 +1,19 @@
 """The first index of a real blog: wall time against the bare model work it needs, OCR's cost, OCR's words.
 
 Serves ``../shared/corpora/colah`` on 127.0.0.1 and, after an untimed one-page index (Prefect's start-up, the
-model load), indexes its 14 posts from an empty database with the defaults (OCR on, deferred: pages committed
-first, then OCR and re-embedding of those image rows), then into other empty databases with OCR off and with
-OCR inline (``images.ocr_deferred: false``: each batch waits for its OCR, run beside the embedding). In the
-same process it then measures the bare model work the default run needed: MiniLM encoding of the same chunk
-and image-surrogate texts (one ``SentenceTransformer.encode`` call, batch 64) plus OCR of the same distinct
-images with the same engine settings, one after the other in this process (the engine on every core). Prints:
+model load), indexes its 14 posts from an empty database with the defaults (OCR on, inline: each batch's
+figures read beside the embedding, image rows embedded once), with OCR off, and with OCR deferred
+(``images.ocr_deferred: true``: pages committed first, then OCR and re-embedding of those image rows), each
+``--repeat`` times (default 2, the three in turn; the medians are reported, with the range: the same run varies
+by ±5 % on a shared machine). In the same process it then measures the bare model work the default run
+needed: MiniLM encoding of the same chunk and image-surrogate texts (one ``SentenceTransformer.encode`` call at
+the pipeline's batch size) plus OCR of the same distinct images with the same engine settings, one after the other in this
+process (the engine on every core). Prints:
 
 * total wall time, time until every page was committed (searchable), per-stage seconds and rates of the
   default run;
 * pipeline / bare (target ≤ 1.3) and OCR-on / OCR-off wall time (target ≤ 1.5), whole run and until
-  searchable; the same ratios for the inline run;
+  searchable; the same ratios for the deferred run;
 * the OCR words-found ratio (target ≥ 0.95): the share of the words a person reads in 60 of the figures
   (``data/eval/colah-figure-text.jsonl``, transcribed by hand) that the default run's stored OCR text has,
   divided by the same share for full-size OCR of the same images with the engine settings used before
@@ -22,7 +24,7 @@ images with the same engine settings, one after the other in this process (the e
   ``chunk size`` for ``chunksize``), so that agreement is not a measure of words found. The reference
   texts are cached in ``--workdir`` (``ocr-reference.json``).
 
-    .venv/bin/python -m bench.first_index                    # all of it (about 10 min on 2 idle cores)
+    .venv/bin/python -m bench.first_index                    # all of it (about 8 min on 2 idle cores)
     .venv/bin/python -m bench.first_index --write-results    # and replace the first_index section of RESULTS.md
 
 The machine may be shared: the load average before and after is printed with the figures.
@@ -38,11 +40,11 @@ import time
 import unicodedata
 from collections import Counter
 from pathlib import Path
+from statistics import median
 
-from bench._run import isolate_prefect
+from bench._run import CORPUS, isolate_prefect, serve
 from bench.machine import load_average, machine_info
 from bench.results import RESULTS, replace_section
-from bench.retrieval_quality import CORPUS, serve
 
 SECTION = "first_index"
 #: OCR settings before issue #15 ("today's full-size OCR" of the words-found reference): rapidocr's original models.
@@ -82,16 +84,27 @@ def words_found(reference: dict[str, str], found: dict[str, str]) -> tuple[int, 
     return hit, total
 
 
-def index_once(sources: list[str], db: Path, ocr: bool, deferred: bool = True) -> tuple[float, object]:
+def index_once(sources: list[str], db: Path, ocr: bool, deferred: bool | None = None) -> tuple[float, object]:
+    """Index ``sources`` into an empty ``db`` (OCR on or off; ``deferred`` None: the default); (wall s, summary)."""
     from mmrag.config import load_config  # deferred: after isolate_prefect() has set Prefect's environment
     from mmrag.flows.index import run_index
 
-    cfg = load_config(None, {"store.db_uri": str(db), "store.raw_dir": str(db.parent / f"{db.name}-raw"),
-                             "progress": False, "images.ocr": ocr, "fetch.respect_robots": False,
-                             "images.ocr_deferred": deferred})
+    for folder in (db, db.parent / f"{db.name}-raw"):  # always from an empty database
+        if folder.exists():
+            shutil.rmtree(folder)
+    overrides = {"store.db_uri": str(db), "store.raw_dir": str(db.parent / f"{db.name}-raw"), "progress": False,
+                 "images.ocr": ocr, "fetch.respect_robots": False}
+    if deferred is not None:
+        overrides["images.ocr_deferred"] = deferred
+    cfg = load_config(None, overrides)
     started = time.perf_counter()
     summary = run_index(sources, cfg)
     return time.perf_counter() - started, summary
+
+
+#: The runs compared: the defaults, OCR off, OCR deferred (database folder, index_once arguments).
+RUNS = {"defaults": ("db-ocr", {"ocr": True}), "off": ("db-no-ocr", {"ocr": False}),
+        "deferred": ("db-ocr-deferred", {"ocr": True, "deferred": True})}
 
 
 def stored_work(db: Path) -> tuple[list[str], dict[str, bytes], dict[str, str]]:
@@ -145,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="loopback port the corpus is served on (default: any free one)")
     parser.add_argument("--workdir", type=Path, default=None, help="databases and the cached OCR reference go here")
     parser.add_argument("--write-results", action="store_true", help=f"replace the '{SECTION}' section of {RESULTS}")
+    parser.add_argument("--repeat", type=int, default=2, help="index runs of each kind (medians reported)")
     args = parser.parse_args(argv)
     if not (CORPUS / "posts").is_dir():
         print(f"skipped: the colah corpus is not at {CORPUS}")
@@ -152,28 +166,32 @@ def main(argv: list[str] | None = None) -> int:
     work = isolate_prefect()
     workdir = args.workdir or work
     workdir.mkdir(parents=True, exist_ok=True)
-    for name in ("db-warmup", "db-ocr", "db-no-ocr", "db-ocr-inline"):  # always from an empty database
-        for folder in (workdir / name, workdir / f"{name}-raw"):
-            if folder.exists():
-                shutil.rmtree(folder)
     info, load_before = machine_info(), load_average()
     print(f"{info}\nload average at start: {load_before}", flush=True)
     server, base_url = serve(CORPUS, args.port)
+    walls: dict[str, list[float]] = {kind: [] for kind in RUNS}
+    committed: dict[str, list[float]] = {kind: [] for kind in RUNS}
+    summaries: dict[str, object] = {}
     try:
         sources = [f"{base_url}/posts/{p.name}/" for p in sorted((CORPUS / "posts").iterdir()) if p.is_dir()]
         index_once(sources[:1], workdir / "db-warmup", ocr=False)  # Prefect's start-up and the model load, untimed
-        wall_on, on = index_once(sources, workdir / "db-ocr", ocr=True)
-        print(f"OCR on (defaults, deferred): {wall_on:.1f}s, every page committed after {on.pages_committed_s:.1f}s  "
-              f"{on.stage_seconds}", flush=True)
-        wall_off, off = index_once(sources, workdir / "db-no-ocr", ocr=False)
-        print(f"OCR off: {wall_off:.1f}s  {off.stage_seconds}", flush=True)
-        wall_inline, inline = index_once(sources, workdir / "db-ocr-inline", ocr=True, deferred=False)
-        print(f"OCR inline (images.ocr_deferred false): {wall_inline:.1f}s  {inline.stage_seconds}", flush=True)
+        for round_ in range(max(1, args.repeat)):
+            for kind, (db, options) in RUNS.items():
+                wall, summary = index_once(sources, workdir / db, **options)
+                walls[kind].append(wall)
+                committed[kind].append(summary.pages_committed_s)
+                summaries[kind] = summary
+                print(f"{kind} ({round_ + 1}): {wall:.1f}s, every page committed after {summary.pages_committed_s:.1f}s  "
+                      f"{summary.stage_seconds}", flush=True)
     finally:
         server.shutdown()
     load_mid = load_average()
 
-    texts, blobs, stored_ocr = stored_work(workdir / "db-ocr")
+    on, off, deferred = summaries["defaults"], summaries["off"], summaries["deferred"]
+    wall_on, wall_off, wall_deferred = (median(walls[kind]) for kind in RUNS)
+    committed_on, committed_deferred = median(committed["defaults"]), median(committed["deferred"])
+
+    texts, blobs, stored_ocr = stored_work(workdir / RUNS["defaults"][0])
     embed_s = bare_embed_seconds(texts)
     ocr_s, _ = bare_ocr_seconds(blobs)
     print(f"bare: MiniLM {len(texts)} texts {embed_s:.1f}s, OCR {len(blobs)} images {ocr_s:.1f}s", flush=True)
@@ -187,10 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         reference.update(fresh)
         reference_file.write_text(json.dumps(reference))
     reference = {sha: reference[sha] for sha in blobs}
-    inline_ocr = stored_work(workdir / "db-ocr-inline")[2]
+    deferred_ocr = stored_work(workdir / RUNS["deferred"][0])[2]
     truth = {sha: text for sha, text in figure_text_truth().items() if sha in blobs}
-    (run_recall, truth_words), (ref_recall, _), (inline_recall, _) = (
-        truth_recall(truth, found) for found in (stored_ocr, reference, inline_ocr))
+    (run_recall, truth_words), (ref_recall, _), (deferred_recall, _) = (
+        truth_recall(truth, found) for found in (stored_ocr, reference, deferred_ocr))
     hit, total = words_found(reference, stored_ocr)
     load_after = load_average()
 
@@ -199,8 +217,16 @@ def main(argv: list[str] | None = None) -> int:
     ratio_ocr = wall_on / wall_off
     ratio_words = run_recall / ref_recall if ref_recall else 1.0
     per_image_ref = f"{ref_s / len(missing):.2f}" if ref_s else "cached"
-    stages = ", ".join(f"{k} {v:.1f}s" + (f" ({on.stage_rate[k]:g}/s)" if k in on.stage_rate else "")
-                       for k, v in on.stage_seconds.items())
+    runs = len(walls["defaults"])
+
+    def spread(kind: str) -> str:
+        values = walls[kind]
+        return f"{median(values):.1f} s" + (f" ({min(values):.1f}-{max(values):.1f})" if len(values) > 1 else "")
+
+    def stage_list(summary) -> str:
+        return ", ".join(f"{k} {v:.1f}s" + (f" ({summary.stage_rate[k]:g}/s)" if k in summary.stage_rate else "")
+                         for k, v in summary.stage_seconds.items())
+
     text = "\n".join([
         f"## {SECTION}",
         "",
@@ -211,33 +237,35 @@ def main(argv: list[str] | None = None) -> int:
         "(the bench's own OCR workers count in it).",
         "",
         f"Corpus: the 14 colah posts served on 127.0.0.1; {on.pages_ok} pages, {on.chunks_total} chunks, "
-        f"{on.images_total} image rows, {len(blobs)} distinct decoded images; defaults (OCR deferred, engine "
+        f"{on.images_total} image rows, {len(blobs)} distinct decoded images; defaults (OCR inline, engine "
         f"`{on.ocr_engine}`, {on.ocr_images} images read in {on.ocr_seconds:.1f} s of worker time, "
         f"{on.ocr_seconds_per_image or 0:.2f} s/image; {on.batches} batches, longest gap between commits "
-        f"{on.commit_gap_max_s:.1f} s). An untimed one-page index first takes Prefect's start-up and the model load.",
+        f"{on.commit_gap_max_s:.1f} s). An untimed one-page index first takes Prefect's start-up and the model load; "
+        f"then each kind of run {runs} times, in turn (medians, range in brackets).",
         "",
         "| figure | value | target |",
         "|---|---:|---:|",
-        f"| first index, defaults (OCR on, deferred; wall) | {wall_on:.1f} s | |",
-        f"| ... of which until every page was committed (searchable) | {on.pages_committed_s:.1f} s | |",
-        f"| first index, OCR off (wall) | {wall_off:.1f} s | |",
-        f"| first index, OCR inline (`images.ocr_deferred: false`; wall) | {wall_inline:.1f} s | |",
+        f"| first index, defaults (OCR on, inline; wall) | {spread('defaults')} | |",
+        f"| ... until every page was committed (searchable) | {committed_on:.1f} s | |",
+        f"| first index, OCR off (wall) | {spread('off')} | |",
+        f"| first index, OCR deferred (`images.ocr_deferred: true`; wall) | {spread('deferred')} | |",
+        f"| ... until every page was committed (searchable) | {committed_deferred:.1f} s | |",
         f"| bare model work: MiniLM on {len(texts)} texts + OCR of {len(blobs)} images | {embed_s:.1f} s + {ocr_s:.1f} s "
         f"= {bare:.1f} s | |",
         f"| pipeline / bare | {ratio_bare:.2f} | ≤ 1.3 {'met' if ratio_bare <= 1.3 else 'NOT met'} |",
         f"| OCR on / OCR off, whole run | {ratio_ocr:.2f} | ≤ 1.5 {'met' if ratio_ocr <= 1.5 else 'NOT met'} |",
-        f"| OCR on / OCR off, until every page is searchable | {on.pages_committed_s / wall_off:.2f} | |",
+        f"| OCR on / OCR off, until every page is searchable | {committed_on / wall_off:.2f} | |",
         f"| transcribed words read ({len(truth)} figures transcribed by hand, {truth_words} words): defaults / "
         f"full-size OCR | {run_recall:.3f} / {ref_recall:.3f} | |",
         f"| OCR words found, defaults / full-size OCR | {ratio_words:.3f} | ≥ 0.95 {'met' if ratio_words >= 0.95 else 'NOT met'} |",
         f"| words of the full-size reading also in the defaults' ({total} words; reference {per_image_ref} s/image) | "
         f"{hit / total if total else 1.0:.3f} | |",
-        f"| inline: pipeline / bare, OCR on / off, words found | {wall_inline / bare:.2f}, {wall_inline / wall_off:.2f}, "
-        f"{inline_recall / ref_recall if ref_recall else 1.0:.3f} | |",
+        f"| deferred: pipeline / bare, OCR on / off (whole run, until searchable), words found | "
+        f"{wall_deferred / bare:.2f}, {wall_deferred / wall_off:.2f}, {committed_deferred / wall_off:.2f}, "
+        f"{deferred_recall / ref_recall if ref_recall else 1.0:.3f} | |",
         "",
-        f"Stages of the default run (seconds, rate in items/s): {stages} ({on.ocr_report()}). OCR-off run: "
-        + ", ".join(f"{k} {v:.1f}s" for k, v in off.stage_seconds.items()) + ". Inline run: "
-        + ", ".join(f"{k} {v:.1f}s" for k, v in inline.stage_seconds.items()) + ".",
+        f"Stages of the last default run (seconds, rate in items/s): {stage_list(on)} ({on.ocr_report()}). OCR-off run: "
+        f"{stage_list(off)}. Deferred run: {stage_list(deferred)} ({deferred.ocr_report()}).",
         "",
     ])
     print(text)

@@ -5,15 +5,16 @@ retried, cached or distributed on its own. Pages are processed in batches sized 
 (:class:`BatchSizer`: about ``ops.batch_target_s`` of work each, at most ``config.page_batch`` pages;
 the first batch is one page): each batch is committed before its pages count as indexed, so memory
 is bounded by the batch and an interrupted run (SIGKILL, SIGTERM) keeps every batch it committed and
-loses about one batch of work. OCR is deferred by default (``images.ocr_deferred``): batches commit
-image rows without the OCR text not read yet (``ocr_pending``), and :mod:`mmrag.flows.enrich` then reads
-those images on the OCR worker processes (``images.ocr_workers``, default one per core) and rewrites only
-their rows, at the end of this run or of the next one. Inline, two batches are in flight: while batch N
+loses about one batch of work. By default OCR runs inline with two batches in flight: while batch N
 waits for its OCR, embeds and commits, batch N+1 is already fetched, parsed and its images sent to the OCR
-workers, so OCR runs on the cores the embedding leaves. OCR results are saved per distinct image in
-``ocr_results`` (within 0.2 s of each being read), so even an uncommitted batch's OCR is reused by the next run. Long stages report done/total, rate and
-ETA on stderr (:mod:`mmrag.progress`), bars on a terminal, a line every ``ops.progress_log_s``
-otherwise; the summary has per-stage seconds, items and rates, batches and the longest gap between
+worker processes (``images.ocr_workers``, default one per core); the embedding takes the cores those
+workers leave, batch by batch (:class:`~mmrag.flows.image_text.CoreSharingEmbedder`), and each image row is
+embedded once, with its OCR text. Deferred (``images.ocr_deferred``), batches commit image rows without
+the OCR text not read yet (``ocr_pending``), and :mod:`mmrag.flows.enrich` then reads those images and
+rewrites only their rows, at the end of this run or of the next one. OCR results are saved per distinct
+image in ``ocr_results`` (within 0.2 s of each being read), so even an uncommitted batch's OCR is reused
+by the next run. Long stages report done/total, rate and ETA on stderr (:mod:`mmrag.progress`), bars on
+a terminal, a line every ``ops.progress_log_s`` otherwise; the summary has per-stage seconds, items and rates, batches and the longest gap between
 commits (``commit_gap_max_s``, the measured loss bound).
 
 Within a batch, rows are written in dependency order (image bytes, chunks, images, then the
@@ -517,7 +518,6 @@ def _embed_images(prepared: _Prepared, run: _IndexRun) -> _EmbeddedImages:
     stored = {iid: row for u, rows_ in prepared.stored_images.items() if u in good_urls for iid, row in rows_.items()}
     plan = incremental.plan_images(occurrences, stored)
     summary.ocr_pending_written += sum(o.ocr_pending for o in plan.changed)
-    apply_torch_threads(run.config, run.ocr)
     with summary.timed("embed"):
         vectors = image_vectors(plan.changed, run.embedder, run.index_store, run.image_table, run.config, summary,
                                 run.progress)

@@ -153,13 +153,15 @@ class ImageConfig(_Section):
         "bench/RESULTS.md, ocr_cost); built once into $XDG_CACHE_HOME/mmrag/ocr-models (needs the onnx package); part of the result key",
     )
     ocr_deferred: bool = Field(
-        True,
-        description="OCR after the pages: every batch is committed without waiting for OCR (image rows with text not "
-        "read yet are marked ocr_pending and searchable by caption and context), then the run reads those images "
-        "on every core and re-embeds only their rows. A run that stops first leaves them pending; the next run with "
-        "OCR on finishes them, reusing every result saved. False: each batch waits for its images' OCR, which runs "
-        "beside the embedding (image rows embedded once; on 2 cores within ±5 % of deferred in all, but no page committed "
-        "before its OCR: bench/RESULTS.md, first_index)",
+        False,
+        description="False (the default): OCR runs beside the embedding (the next batch's figures are read while the "
+        "current batch embeds) and each batch is committed with its images' OCR text, so image rows are embedded "
+        "once; on 2 cores the fastest first index in all (bench/RESULTS.md, first_index). True: OCR after the pages: "
+        "every batch is committed without waiting for OCR (image rows with text not read yet are marked ocr_pending "
+        "and searchable by caption and context), then the run reads those images on every core and re-embeds only "
+        "their rows: every page searchable as soon as an index without OCR would be, the whole run ~15 % longer "
+        "(those rows are embedded twice). A run that stops first leaves them pending; the next run with OCR on "
+        "finishes them, reusing every result saved",
     )
     ocr_workers: int | None = Field(
         None, ge=0, le=256,
@@ -404,7 +406,8 @@ class OpsConfig(_Section):
     )
     torch_threads: int | None = Field(
         None, ge=1, le=1024,
-        description="torch CPU threads for embedding; default: one per core, less one per OCR worker busy at the time"
+        description="torch CPU threads for embedding; default: one per core, less one per OCR worker busy at the time "
+        "(set again before every batch)"
     )
     progress_log_s: float = Field(
         30.0, ge=0,
