@@ -149,3 +149,23 @@ def test_ocr_pending_count_is_zero_without_the_table_or_its_column(tmp_path):
     assert s.ocr_pending_count("images__minilm") == 0  # no table yet
     s.upsert("chunks__toy__paragraph", _table(_chunks(["alpha text"])))
     assert s.ocr_pending_count("chunks__toy__paragraph") == 0 and s.ocr_pending_rows("chunks__toy__paragraph") == []
+
+
+def test_ocr_results_are_appended_and_the_latest_reading_of_an_image_counts(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    s = store.IndexStore(str(tmp_path / "db"))
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    def result(sha, text, error=None, engine="e1", at=0):
+        return {"image_sha256": sha, "engine": engine, "text": text, "error": error, "seconds": 0.1,
+                "created_at": start + timedelta(seconds=at)}
+
+    assert s.ocr_results(["a"], "e1") == {}  # no table yet
+    s.save_ocr_results([result("a", None, "OSError: truncated", at=1), result("b", "beta")])
+    s.save_ocr_results([result("a", "alpha", at=2), result("b", "other engine", engine="e2", at=3)])
+    found = s.ocr_results(["a", "b", "c"], "e1")
+    assert {sha: row["text"] for sha, row in found.items()} == {"a": "alpha", "b": "beta"}
+    assert found["a"]["error"] is None  # the reading after the error, not the error
+    assert s.open_table(store.OCR_RESULTS).count_rows() == 4  # appended: every reading is kept
+    assert s.ocr_results(["b"], "e2")["b"]["text"] == "other engine"
