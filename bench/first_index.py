@@ -4,8 +4,8 @@ Serves ``../shared/corpora/colah`` on 127.0.0.1 and, after an untimed one-page i
 model load), indexes its 14 posts from an empty database with the defaults (OCR on, inline: each batch's
 figures read beside the embedding, image rows embedded once), with OCR off, and with OCR deferred
 (``images.ocr_deferred: true``: pages committed first, then OCR and re-embedding of those image rows), each
-``--repeat`` times (default 2, the three in turn; the medians are reported, with the range: the same run varies
-by ±5 % on a shared machine). In the same process it then measures the bare model work the default run
+``--repeat`` times (default 2, the three in turn, each after Prefect's temporary server has gone idle: it
+digests the previous run's events for a while; the medians are reported, with the range). In the same process it then measures the bare model work the default run
 needed: MiniLM encoding of the same chunk and image-surrogate texts (one ``SentenceTransformer.encode`` call at
 the pipeline's batch size) plus OCR of the same distinct images with the same engine settings, one after the other in this
 process (the engine on every core). Prints:
@@ -42,7 +42,7 @@ from collections import Counter
 from pathlib import Path
 from statistics import median
 
-from bench._run import CORPUS, isolate_prefect, serve
+from bench._run import CORPUS, isolate_prefect, serve, wait_for_prefect_idle
 from bench.machine import load_average, machine_info
 from bench.results import RESULTS, replace_section
 
@@ -177,12 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         index_once(sources[:1], workdir / "db-warmup", ocr=False)  # Prefect's start-up and the model load, untimed
         for round_ in range(max(1, args.repeat)):
             for kind, (db, options) in RUNS.items():
+                waited = wait_for_prefect_idle()  # Prefect's server digests the last run's events for a while
                 wall, summary = index_once(sources, workdir / db, **options)
                 walls[kind].append(wall)
                 committed[kind].append(summary.pages_committed_s)
                 summaries[kind] = summary
-                print(f"{kind} ({round_ + 1}): {wall:.1f}s, every page committed after {summary.pages_committed_s:.1f}s  "
-                      f"{summary.stage_seconds}", flush=True)
+                print(f"{kind} ({round_ + 1}, after {waited:.0f}s waiting for an idle Prefect server): {wall:.1f}s, every "
+                      f"page committed after {summary.pages_committed_s:.1f}s  {summary.stage_seconds}", flush=True)
     finally:
         server.shutdown()
     load_mid = load_average()
