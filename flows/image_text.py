@@ -198,6 +198,8 @@ class CoreSharingEmbedder:
         self._embedder, self._config, self._ocr = embedder, config, ocr
 
     def __getattr__(self, name: str):
+        if name.startswith("_"):  # not set yet (copy, pickle): never look for them on the embedder
+            raise AttributeError(name)
         value = getattr(self._embedder, name)
         if name not in self._GOVERNED:
             return value

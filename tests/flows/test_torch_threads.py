@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from concurrent.futures import Future
 
@@ -60,6 +61,7 @@ def test_core_sharing_embedder_sets_threads_before_every_batch(monkeypatch):
     embedder = CoreSharingEmbedder(inner, MmragConfig(), ocr)
     assert (embedder.name, embedder.dimension) == ("seen", 2)  # everything else is the embedder's own
     assert not hasattr(embedder, "embed_image_bytes")  # a text embedder stays one (produces_multivectors etc.)
+    assert copy.copy(embedder).name == "seen"  # private names are never looked up on the embedder (no recursion)
 
     def batch(texts):
         if len(inner.threads) == 1:  # the worker finishes its image after the first batch
