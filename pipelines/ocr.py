@@ -45,6 +45,7 @@ import io
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -417,10 +418,17 @@ _THREADS = 0  # intra-op threads of this process's engine (0: the engine's defau
 
 def _init_worker(threads: int, parent: int | None = None) -> None:
     """Set this process's engine threads; in a pool worker (``parent``: the pid of the process that started the
-    pool), also end the worker when that process is gone (:func:`_exit_with_parent`)."""
+    pool), also ignore SIGINT and SIGTERM (the parent stops the pool) and end the worker when that process is
+    gone (:func:`_exit_with_parent`)."""
     global _THREADS
     _THREADS = threads
     if parent is not None:
+        # The parent decides when the workers stop (on SIGINT or SIGTERM it cancels what is queued and closes the
+        # pool). A signal to the whole process group (Ctrl-C, a scheduler's stop, killpg) ended the workers first,
+        # and the pool, finding them gone, started new ones that read again images lost anyway: 40 OCR calls for
+        # 36 images in a SIGTERM'd first index, once the workers started fast (tests/flows/test_first_index.py).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         threading.Thread(target=_exit_with_parent, args=(parent,), name="mmrag-ocr-parent-watch", daemon=True).start()
 
 

@@ -214,6 +214,36 @@ def test_folded_model_goes_to_a_temporary_folder_when_the_cache_cannot_be_writte
 # -- the worker pool ---------------------------------------------------------------------------------
 
 
+
+def test_pool_workers_leave_sigterm_and_sigint_to_their_parent():
+    """A stop signal sent to the whole process group reaches the workers too: they go on (the parent closes the
+    pool), so the pool does not start new workers to read images again while the run is stopping."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    from mmrag.config import ImageConfig
+
+    if not ocr_available("rapidocr"):
+        pytest.skip("rapidocr is not installed")
+    before = {p.pid for p in psutil.Process().children()}
+    pool = ocr.OcrPool("rapidocr", ImageConfig(), workers=1)
+    try:
+        text, error, _s = pool.submit(png_bytes(words_image("ALPHA"))).result(timeout=120)
+        assert error is None and "ALPHA" in text.upper()
+        workers = [p for p in psutil.Process().children() if p.pid not in before and "spawn_main" in " ".join(p.cmdline())]
+        assert len(workers) == 1
+        os.kill(workers[0].pid, signal.SIGTERM)
+        os.kill(workers[0].pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert workers[0].is_running() and workers[0].status() != psutil.STATUS_ZOMBIE
+        text, error, _s = pool.submit(png_bytes(words_image("BRAVO"))).result(timeout=60)
+        assert error is None and "BRAVO" in text.upper() and pool.restarts == 0
+    finally:
+        pool.close(cancel=True)
+
 def test_pool_survives_a_killed_worker_and_reads_every_image():
     """SIGKILL the OCR worker while images are queued: the pool starts again, every image is read once more."""
     import os
