@@ -5,10 +5,11 @@ model load), indexes its 14 posts from an empty database with the defaults (OCR 
 figures read beside the embedding, image rows embedded once), with OCR off, and with OCR deferred
 (``images.ocr_deferred: true``: pages committed first, then OCR and re-embedding of those image rows), each
 ``--repeat`` times (default 2, the three in turn, each after Prefect's temporary server has gone idle: it
-digests the previous run's events for a while; the medians are reported, with the range). In the same process it then measures the bare model work the default run
-needed: MiniLM encoding of the same chunk and image-surrogate texts (one ``SentenceTransformer.encode`` call at
-the pipeline's batch size) plus OCR of the same distinct images with the same engine settings, one after the other in this
-process (the engine on every core). Prints:
+digests the previous run's events for a while; the medians are reported, with the range). In the same
+process it then measures the bare model work the default run needed: MiniLM encoding of the same chunk and
+image-surrogate texts (one ``SentenceTransformer.encode`` call at the pipeline's batch size) plus OCR of the
+same distinct images with the same engine settings, one after the other in this process (the engine on
+every core). Prints:
 
 * total wall time, time until every page was committed (searchable), per-stage seconds and rates of the
   default run;

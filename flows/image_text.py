@@ -184,7 +184,6 @@ def apply_torch_threads(config: MmragConfig, ocr: OcrState | None = None) -> Non
         torch.set_num_threads(wanted)
 
 
-
 class CoreSharingEmbedder:
     """``embedder`` with torch's threads set before every batch it embeds (:func:`apply_torch_threads`): a core
     for each OCR worker reading an image at that moment, every other core for the embedding. Set once per stage
@@ -212,6 +211,7 @@ class CoreSharingEmbedder:
 
     def __repr__(self) -> str:
         return f"CoreSharingEmbedder({self._embedder!r})"
+
 
 def start_ocr(config: MmragConfig, summary: IndexSummary, index_store: store.IndexStore | None = None) -> OcrState:
     """The run's :class:`OcrState`; when ``images.ocr`` is on but no engine is installed, the summary says so once."""
